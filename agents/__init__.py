@@ -1,0 +1,1 @@
+"""pykka actors: thin glue that feeds protocol objects and executes their actions."""

@@ -1,0 +1,3 @@
+"""sporenet: a peer-to-peer overlay network run by cooperating agents."""
+
+__version__ = "0.1.0"
