@@ -1,0 +1,86 @@
+"""Notices: the typed messages agents put on the node bus.
+
+A notice is a frozen dataclass subclassing ``Notice`` with a ``TOPIC`` (dotted,
+``area.event``). Subclassing registers it, so the bus can decode it by topic; a
+custom agent declares its own notices the same way. Fields must be plain data
+(bytes, str, int, float, bool, None, tuples/lists/dicts of those) so they
+serialise with msgpack and any language can read them off the bus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .errors import LocalProtocolError
+
+_NOTICES: dict[str, type[Notice]] = {}
+
+
+class Notice:
+    """Base of bus messages. Subclasses set ``TOPIC`` and are frozen dataclasses."""
+
+    TOPIC: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        topic = cls.__dict__.get("TOPIC", "")
+        if not topic:
+            return  # an abstract intermediate class
+        if topic in _NOTICES and _NOTICES[topic].__qualname__ != cls.__qualname__:
+            raise LocalProtocolError(f"bus topic {topic!r} already used by {_NOTICES[topic].__name__}")
+        _NOTICES[topic] = cls
+
+
+def notice_class(topic: str) -> type[Notice] | None:
+    """The notice class registered for ``topic``, or None."""
+    return _NOTICES.get(topic)
+
+
+def notice_topics() -> list[str]:
+    return sorted(_NOTICES)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp(Notice):
+    """A link to a peer finished its signed hello; the peer proved its key."""
+
+    TOPIC: ClassVar[str] = "link.peer_up"
+    node_id: bytes
+    public_key: bytes
+    address: str
+    endpoint: str  # the remote's carrier endpoint, e.g. "tcp://127.0.0.1:7001"
+    outbound: bool
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown(Notice):
+    """A link to a peer is gone (closed, broken, or declared dead by the prober)."""
+
+    TOPIC: ClassVar[str] = "link.peer_down"
+    node_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMeasured(Notice):
+    """The prober's current view of one link. ``cost`` is what routing adds up."""
+
+    TOPIC: ClassVar[str] = "prober.link_measured"
+    node_id: bytes
+    rtt_ms: float
+    jitter_ms: float
+    loss: float  # fraction of the last window's probes that got no ack, 0..1
+    cost: float
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStateChanged(Notice):
+    """The bundle's view of one agent: starting, running, restarting, failed, stopped."""
+
+    TOPIC: ClassVar[str] = "node.agent_state"
+    agent: str
+    state: str
+    detail: str = ""

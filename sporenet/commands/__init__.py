@@ -1,0 +1,2 @@
+"""One module per CLI subcommand. Each module defines ``command``: a click command
+or group; ``sporenet.cli`` registers every module found here."""
