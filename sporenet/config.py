@@ -1,0 +1,402 @@
+"""Node configuration: a TOML file (``tomllib``), then command-line overrides.
+
+Driven by ``load_config(path)`` (or ``NodeConfig()`` for the defaults), then
+``merge_cli(config, **flags)``. Every key, its default and an example file are in
+``docs/config.md``.
+
+Rules:
+- Every key has a default; an empty file is a valid config.
+- Unknown keys are errors that name the key, its section and the valid keys: a typo
+  must never be silently ignored.
+- Every bad value is an error naming the key (``listen[1]``, ``prober.interval``),
+  the bad value and what is expected. All problems of a file are reported at once.
+- Relative paths in a file are relative to the file's directory; on the command
+  line, to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .keyfile import default_key_file
+
+DEFAULT_API = "127.0.0.1:8990"
+DEFAULT_LISTEN = "tcp://0.0.0.0:8991"
+ENDPOINT_SCHEMES = ("tcp",)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "console", "json")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong. ``problems`` lists each fault, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ProberConfig:
+    """Link probing (DESIGN.md §3 "Link probing")."""
+
+    interval: float = 1.0     # seconds between probes on one link
+    window: int = 10          # probes that loss is computed over
+    dead_after: float = 5.0   # seconds without an answer before a link is declared dead
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """A custom agent listed in the config (``[[agents]]``)."""
+
+    name: str
+    class_path: str                      # "package.module:ClassName"
+    requires: tuple[str, ...] = ()       # agents that must run before this one
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    key_file: Path = field(default_factory=default_key_file)
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    peers: tuple[str, ...] = ()
+    api: str = DEFAULT_API
+    run_dir: Path | None = None          # None: see run_dir_for()
+    name: str = ""                       # "": shown as the short node id
+    tun: bool = True
+    log_level: str = "info"
+    log_format: str = "auto"
+    agents: tuple[AgentSpec, ...] = ()
+    prober: ProberConfig = ProberConfig()
+
+    def run_dir_for(self, node_id: bytes) -> Path:
+        """The configured run directory, or the default for this node id."""
+        return self.run_dir if self.run_dir is not None else default_run_dir(node_id)
+
+
+def default_run_dir(node_id: bytes) -> Path:
+    """``$XDG_RUNTIME_DIR/sporenet-<short id>``, else ``/tmp/sporenet-<short id>``."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return Path(base) / f"sporenet-{node_id[:4].hex()}"
+
+
+# -- endpoints and HOST:PORT --------------------------------------------------------
+
+_ENDPOINT_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<rest>.*)", re.S)
+_HOST_PORT_RE = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]/]*):(?P<port>[0-9]+)", re.S)
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_host_port(text: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
+    """``"127.0.0.1:8990"`` -> ``("127.0.0.1", 8990)``; IPv6 as ``[::1]:8990``.
+
+    Raises ``ValueError`` saying what is wrong.
+    """
+    m = _HOST_PORT_RE.fullmatch(text)
+    if m is None:
+        raise ValueError("not HOST:PORT (IPv6 hosts go in brackets: [::1]:8990)")
+    host, port = m["host"], int(m["port"])
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif not _valid_host(host):
+        raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    if port > 65535 or (port == 0 and not allow_port_zero):
+        raise ValueError(f"port {port} is out of range {0 if allow_port_zero else 1}-65535")
+    return host, port
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    if not host or len(host) > 253 or host.replace(".", "").isdigit():
+        return False
+    return all(_LABEL_RE.fullmatch(label) for label in host.removesuffix(".").split("."))
+
+
+def parse_endpoint(text: str, *, allow_port_zero: bool = True) -> tuple[str, str, int]:
+    """``"tcp://10.0.0.1:8991"`` -> ``("tcp", "10.0.0.1", 8991)``; raises ``ValueError``."""
+    m = _ENDPOINT_RE.fullmatch(text)
+    if m is None:
+        raise ValueError("no scheme://")
+    if m["scheme"] not in ENDPOINT_SCHEMES:
+        raise ValueError(f"unknown scheme {m['scheme']!r}; known: {', '.join(ENDPOINT_SCHEMES)}")
+    host, port = parse_host_port(m["rest"], allow_port_zero=allow_port_zero)
+    return m["scheme"], host, port
+
+
+# -- value checkers -----------------------------------------------------------------
+# Each takes (value, where, ctx) and returns the parsed value, or records a problem
+# in ctx and returns _BAD.
+
+_BAD = object()
+
+
+@dataclass
+class _Ctx:
+    source: str               # "node.toml" or "command line"
+    base: Path                # relative paths are joined to this
+    problems: list[str] = field(default_factory=list)
+
+    def bad(self, where: str, value: Any, expected: str) -> object:
+        self.problems.append(f"{self.source}: {where}: {_show(value)} {expected}")
+        return _BAD
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _endpoint_checker(allow_port_zero: bool) -> Callable[[Any, str, _Ctx], Any]:
+    def check(value: Any, where: str, ctx: _Ctx) -> Any:
+        if not isinstance(value, str):
+            return ctx.bad(where, value, "is not an endpoint; expected a string tcp://HOST:PORT")
+        try:
+            parse_endpoint(value, allow_port_zero=allow_port_zero)
+        except ValueError as exc:
+            return ctx.bad(where, value, f"is not an endpoint ({exc}); expected tcp://HOST:PORT")
+        return value
+    return check
+
+
+def _list_of(item: Callable[[Any, str, _Ctx], Any], example: str) -> Callable[[Any, str, _Ctx], Any]:
+    def check(value: Any, where: str, ctx: _Ctx) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return ctx.bad(where, value, f"is not a list; expected e.g. {example}")
+        items = [item(v, f"{where}[{i}]", ctx) for i, v in enumerate(value)]
+        return _BAD if _BAD in items else tuple(dict.fromkeys(items))
+    return check
+
+
+def _check_api(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, str):
+        return ctx.bad(where, value, f"is not HOST:PORT; expected e.g. \"{DEFAULT_API}\"")
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        return ctx.bad(where, value, f"is not HOST:PORT ({exc}); expected e.g. \"{DEFAULT_API}\"")
+    return value
+
+
+def _check_path(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        return ctx.bad(where, value, "is not a path; expected a non-empty string")
+    return ctx.base / Path(value).expanduser()
+
+
+def _check_bool(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, bool):
+        return ctx.bad(where, value, "is not a boolean; expected true or false")
+    return value
+
+
+def _check_name(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, str) or len(value) > 64 or not value.isprintable():
+        return ctx.bad(where, value, "is not a node name; expected printable text, at most 64 characters")
+    return value
+
+
+def _choice(options: tuple[str, ...], what: str) -> Callable[[Any, str, _Ctx], Any]:
+    def check(value: Any, where: str, ctx: _Ctx) -> Any:
+        if not isinstance(value, str) or value.lower() not in options:
+            return ctx.bad(where, value, f"is not a {what}; expected one of {', '.join(options)}")
+        return value.lower()
+    return check
+
+
+def _number(integer: bool, minimum: float) -> Callable[[Any, str, _Ctx], Any]:
+    kinds = (int,) if integer else (int, float)
+    what = "an integer" if integer else "a number of seconds"
+
+    def check(value: Any, where: str, ctx: _Ctx) -> Any:
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum \
+                or value == float("inf"):
+            bound = f">= {minimum}" if integer else "> 0"
+            return ctx.bad(where, value, f"is not valid; expected {what} {bound}")
+        return value if integer else float(value)
+    return check
+
+
+_AGENT_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_CLASS_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _check_agent_name(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, str) or not _AGENT_NAME_RE.fullmatch(value):
+        return ctx.bad(where, value, "is not an agent name; expected lowercase letters, digits, "
+                                     "- or _, starting with a letter, at most 32 characters")
+    return value
+
+
+def _check_class(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, str) or not _CLASS_RE.fullmatch(value):
+        return ctx.bad(where, value, "is not a class; expected \"package.module:ClassName\"")
+    return value
+
+
+def _check_table(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, dict):
+        return ctx.bad(where, value, "is not a table; expected e.g. { key = \"value\" }")
+    return MappingProxyType(dict(value))
+
+
+# -- sections -------------------------------------------------------------------------
+
+_PROBER_KEYS = {
+    "interval": _number(integer=False, minimum=1e-9),
+    "window": _number(integer=True, minimum=1),
+    "dead_after": _number(integer=False, minimum=1e-9),
+}
+_AGENT_KEYS = {
+    "name": _check_agent_name,
+    "class": _check_class,
+    "requires": _list_of(_check_agent_name, '["router"]'),
+    "options": _check_table,
+}
+_AGENT_FIELDS = {"name": "name", "class": "class_path", "requires": "requires", "options": "options"}
+
+
+def _check_section(data: Any, where: str, ctx: _Ctx, keys: dict[str, Callable],
+                   label: str) -> dict[str, Any] | object:
+    if not isinstance(data, dict):
+        return ctx.bad(where, data, f"is not a table; expected {label}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in keys:
+            ctx.problems.append(f"{ctx.source}: {_unknown_key(key, label, keys)}")
+            continue
+        parsed = keys[key](value, f"{where}.{key}" if where else key, ctx)
+        if parsed is not _BAD:
+            out[key] = parsed
+    return out
+
+
+def _unknown_key(key: str, label: str, keys: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(keys), n=1)
+    hint = f'; did you mean "{close[0]}"?' if close else ""
+    return f'unknown key "{key}" in {label}{hint} valid keys: {", ".join(sorted(keys))}'
+
+
+def _check_prober(value: Any, where: str, ctx: _Ctx) -> Any:
+    out = _check_section(value, where, ctx, _PROBER_KEYS, "[prober]")
+    if out is _BAD:
+        return _BAD
+    prober = ProberConfig(**out)
+    if prober.dead_after <= prober.interval:
+        ctx.problems.append(f"{ctx.source}: prober.dead_after: {prober.dead_after} must be greater "
+                            f"than prober.interval ({prober.interval})")
+    return prober
+
+
+def _check_agents(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, list):
+        return ctx.bad(where, value, "is not a list of tables; expected [[agents]] sections")
+    specs, before = [], len(ctx.problems)
+    for i, item in enumerate(value):
+        label, item_before = f"[[agents]] #{i + 1}", len(ctx.problems)
+        out = _check_section(item, f"agents[{i}]", ctx, _AGENT_KEYS, label)
+        if out is _BAD:
+            continue
+        for k in (k for k in ("name", "class") if k not in item):
+            ctx.problems.append(f'{ctx.source}: agents[{i}]: missing key "{k}" in {label}')
+        if len(ctx.problems) == item_before:
+            specs.append(AgentSpec(**{_AGENT_FIELDS[k]: v for k, v in out.items()}))
+    names = [s.name for s in specs]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        ctx.problems.append(f'{ctx.source}: agents: name "{name}" is used more than once')
+    for spec in specs:
+        if spec.name in spec.requires:
+            ctx.problems.append(f'{ctx.source}: agents: "{spec.name}" requires itself')
+    return tuple(specs) if len(ctx.problems) == before else _BAD
+
+
+_TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
+    "key_file": _check_path,
+    "listen": _list_of(_endpoint_checker(allow_port_zero=True), f'["{DEFAULT_LISTEN}"]'),
+    "peers": _list_of(_endpoint_checker(allow_port_zero=False), '["tcp://192.0.2.7:8991"]'),
+    "api": _check_api,
+    "run_dir": _check_path,
+    "name": _check_name,
+    "tun": _check_bool,
+    "log_level": _choice(LOG_LEVELS, "log level"),
+    "log_format": _choice(LOG_FORMATS, "log format"),
+    "agents": _check_agents,
+    "prober": _check_prober,
+}
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "config",
+                     base: Path | None = None) -> NodeConfig:
+    """Build a ``NodeConfig`` from parsed TOML; raise ``ConfigError`` listing every fault."""
+    ctx = _Ctx(source, base if base is not None else Path.cwd())
+    values = _check_section(dict(data), "", ctx, _TOP_KEYS, "the top level")
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return NodeConfig(**values)
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and check a TOML config file; raise ``ConfigError``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"no config file at {path}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read config file {path}: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return config_from_dict(data, source=str(path), base=path.parent)
+
+
+_CLI_FLAGS = {"key_file": "--key-file", "listen": "--listen", "peers": "--peer", "api": "--api",
+              "run_dir": "--run-dir", "name": "--name", "tun": "--tun/--no-tun",
+              "log_level": "--log-level", "log_format": "--log-format"}
+
+
+def merge_cli(config: NodeConfig, **overrides: Any) -> NodeConfig:
+    """Return ``config`` with command-line values replacing file values.
+
+    A value of ``None`` or an empty tuple/list means "flag not given" and keeps the
+    file's value. ``listen`` and ``peers`` replace the file's lists. Raises
+    ``ConfigError`` for bad values, ``TypeError`` for a key that is not a CLI flag.
+    """
+    ctx = _Ctx("command line", Path.cwd())
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in _CLI_FLAGS:
+            raise TypeError(f"merge_cli() got an unknown option {key!r}")
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if key in ("listen", "peers"):
+            check = _endpoint_checker(allow_port_zero=(key == "listen"))
+            items = [check(v, _CLI_FLAGS[key], ctx) for v in value]
+            parsed = _BAD if _BAD in items else tuple(dict.fromkeys(items))
+        else:
+            parsed = _TOP_KEYS[key](os.fspath(value) if isinstance(value, os.PathLike) else value,
+                                    _CLI_FLAGS[key], ctx)
+        if parsed is not _BAD:
+            changes[key] = parsed
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return dataclasses.replace(config, **changes)
+
