@@ -1,0 +1,269 @@
+"""The node's local HTTP JSON API (DESIGN.md §6), served by aiohttp in its own thread.
+
+Driven by ``start()`` and ``stop()`` from any thread; requests are answered by
+plain callables from a route table.
+
+Rules:
+- One runtime per thread: the asyncio loop, the listening socket and every
+  connection belong to the server thread. Handlers run in that thread too, so they
+  must be quick and must not block: they read a snapshot that another thread
+  publishes (for example the api agent), they never ``ask`` an actor.
+- Routes are ``"METHOD /path"`` keys (a bare ``"/path"`` means GET). A GET handler
+  gets the query parameters as keyword arguments (strings); a POST handler gets
+  the keys of a JSON object body. Parameters that do not fit the handler's
+  signature are a 400, not a crash.
+- Every answer is JSON, errors included: ``{"error": "..."}`` with 400, 403, 404,
+  405, 413, 415 or 500. ``GET /metrics`` is Prometheus text when a metrics source
+  is given or ``prometheus_client`` is installed.
+- The API has no authentication: it is meant for loopback. Two browser-borne
+  attacks are closed anyway: POST requires ``Content-Type: application/json`` (a
+  page cannot send that cross-origin without a preflight we never grant), and a
+  Host header that is neither an IP literal nor ``localhost`` is refused (DNS
+  rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import json
+import threading
+from typing import Any, Callable, Mapping
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("sporenet.api")
+
+Handler = Callable[..., Mapping[str, Any]]
+METHODS = ("GET", "POST")
+_MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """Raised by a handler to answer with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ApiServerError(Exception):
+    """The API server could not start (for example, the port is taken)."""
+
+
+def routes_of(provider: object) -> dict[str, Handler]:
+    """Route table from a provider object's public methods named ``get_<name>`` or
+    ``post_<name>``: ``get_status`` -> ``GET /v1/status``, ``post_ping`` ->
+    ``POST /v1/ping``; ``<name>`` is used as is (``get_peer_stats`` -> ``/v1/peer_stats``)."""
+    table: dict[str, Handler] = {}
+    for attr in dir(provider):
+        method, _, name = attr.partition("_")
+        if method.upper() in METHODS and name and not attr.startswith("_"):
+            fn = getattr(provider, attr)
+            if callable(fn):
+                table[f"{method.upper()} /v1/{name}"] = fn
+    return table
+
+
+def _route_key(key: str) -> tuple[str, str]:
+    method, _, path = key.strip().rpartition(" ")
+    method = (method or "GET").upper()
+    if method not in METHODS or not path.startswith("/"):
+        raise ValueError(f"bad route {key!r}: expected \"/path\" or \"GET|POST /path\"")
+    return method, path
+
+
+def _default_metrics() -> Callable[[], bytes] | None:
+    try:
+        import prometheus_client
+    except ImportError:
+        return None
+    return prometheus_client.generate_latest
+
+
+def _host_allowed(host_header: str | None) -> bool:
+    if not host_header:
+        return True  # HTTP/1.0 clients; a browser always sends Host
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class ApiServer:
+    """A JSON API on ``host:port`` (port 0: the kernel picks; ``start()`` says which)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 handlers: Mapping[str, Handler] | object | None = None, *,
+                 metrics: Callable[[], bytes | str] | None = None) -> None:
+        self.host, self.port = host, port
+        self._routes: dict[tuple[str, str], Handler] = {}
+        table = handlers if isinstance(handlers, Mapping) or handlers is None else routes_of(handlers)
+        for key, fn in (table or {}).items():
+            self.add_route(key, fn)
+        self._metrics = metrics if metrics is not None else _default_metrics()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: OSError | None = None
+        self._bound: tuple[str, int] | None = None
+
+    def add_route(self, key: str, handler: Handler) -> None:
+        """Add ``"GET /v1/x"`` (or ``"/v1/x"``, ``"POST /v1/x"``); only before ``start()``."""
+        if self._thread is not None:
+            raise RuntimeError("routes are fixed once the server has started")
+        self._routes[_route_key(key)] = handler
+
+    @property
+    def routes(self) -> list[str]:
+        return sorted(f"{m} {p}" for m, p in self._routes)
+
+    @property
+    def address(self) -> str:
+        """The bound ``HOST:PORT`` (IPv6 in brackets), for clients and node.json."""
+        if self._bound is None:
+            raise RuntimeError("the API server is not running")
+        host, port = self._bound
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self, timeout: float = 10.0) -> tuple[str, int]:
+        """Bind and serve in a new thread; return the bound ``(host, port)``."""
+        if self._thread is not None:
+            raise RuntimeError("the API server was already started")
+        self._thread = threading.Thread(target=self._run, name="sporenet-api", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ApiServerError(f"the API server on {self.host}:{self.port} did not start "
+                                 f"within {timeout:.0f}s")
+        if self._error is not None or self._bound is None:
+            self._thread.join(timeout)
+            reason = self._error.strerror if self._error else "unknown error"
+            raise ApiServerError(f"cannot serve the API on {self.host}:{self.port}: {reason}")
+        log.info("api_listening", address=self.address)
+        return self._bound
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the listener and connections and join the server thread. Idempotent."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or not thread.is_alive():
+            return
+        if loop is not None and stopping is not None:
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:
+                pass  # the loop already closed: the thread is on its way out
+        thread.join(timeout)
+        if thread.is_alive():
+            raise ApiServerError(f"the API server thread did not stop within {timeout:.0f}s")
+
+    def __enter__(self) -> ApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- server thread only ------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            loop.close()
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            try:
+                await web.TCPSite(runner, self.host, self.port).start()
+            except OSError as exc:
+                self._error = exc
+                return
+            self._bound = tuple(runner.addresses[0][:2])  # type: ignore[assignment]
+            self._ready.set()
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if not _host_allowed(request.headers.get("Host")):
+            return _error(403, "Host header not allowed: use an IP address or localhost")
+        if request.path == "/metrics" and request.method == "GET" and self._metrics:
+            return self._serve_metrics()
+        handler = self._routes.get((request.method, request.path))
+        if handler is None:
+            allowed = sorted(m for m, p in self._routes if p == request.path)
+            if allowed:
+                return _error(405, f"{request.method} is not allowed on {request.path}; "
+                                   f"use {', '.join(allowed)}")
+            return web.json_response({"error": f"no such endpoint: {request.method} {request.path}",
+                                      "endpoints": self.routes}, status=404)
+        if request.method == "POST":
+            kwargs = await _json_body(request)
+            if isinstance(kwargs, web.Response):
+                return kwargs
+        else:
+            kwargs = dict(request.query)
+        return self._call(f"{request.method} {request.path}", handler, kwargs)
+
+    def _call(self, route: str, handler: Handler, kwargs: dict[str, Any]) -> web.Response:
+        try:
+            inspect.signature(handler).bind(**kwargs)
+        except TypeError as exc:
+            return _error(400, f"bad parameters for {route}: {exc}")
+        try:
+            result = handler(**kwargs)
+        except ApiError as exc:
+            return _error(exc.status, exc.message)
+        # A failing handler is a bug in this node, but one bad endpoint must not take
+        # the API down: answer 500 with the reason and log the traceback.
+        except Exception as exc:  # noqa: BLE001
+            log.exception("api_handler_failed", route=route, error=type(exc).__name__)
+            return _error(500, f"{route} failed: {type(exc).__name__}: {exc}")
+        if not isinstance(result, Mapping):
+            return _error(500, f"{route} returned {type(result).__name__}, not a JSON object")
+        try:
+            body = json.dumps(dict(result))
+        except (TypeError, ValueError) as exc:
+            return _error(500, f"{route} returned a value that is not JSON: {exc}")
+        return web.Response(text=body, content_type="application/json")
+
+    def _serve_metrics(self) -> web.Response:
+        assert self._metrics is not None
+        data = self._metrics()
+        body = data if isinstance(data, bytes) else data.encode("utf-8")
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
+    if request.content_type != "application/json":
+        return _error(415, "POST bodies must be JSON (Content-Type: application/json)")
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body larger than {_MAX_BODY} bytes")
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    return body
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
