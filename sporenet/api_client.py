@@ -37,8 +37,8 @@ class ApiClient:
         try:
             host, port = parse_host_port(api, allow_port_zero=False)
         except ValueError as exc:
-            raise ApiClientError(f'"{api}" is not an API address ({exc}); '
-                                 f'expected HOST:PORT, e.g. {DEFAULT_API}') from None
+            raise ApiClientError(f'bad API address "{api}": {exc}; '
+                                 f'expected e.g. {DEFAULT_API}') from None
         self.api = api
         self.timeout = timeout
         self._base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,85 @@
+"""``sporenet status``: what the local node is, from its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sporenet.api_client import ApiClient, ApiClientError
+from sporenet.config import DEFAULT_API
+
+api_option = click.option(
+    "--api", default=DEFAULT_API, show_default=True, envvar="SPORENET_API",
+    help="HOST:PORT of the node's local API (sporenet up --api).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON as is.")
+
+
+def fetch(api: str, what: str) -> dict[str, Any]:
+    """Call ``ApiClient(api).<what>()``; turn failures into a one-line CLI error."""
+    try:
+        client = ApiClient(api)
+        return getattr(client, what)()
+    except ApiClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def console() -> Console:
+    # Piped output is not cut at 80 columns: scripts and logs want whole lines.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def format_duration(seconds: Any) -> str:
+    """``3723.4`` -> ``"1h 02m 03s"``; ``None`` or junk -> ``"-"``."""
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h:02d}h {m:02d}m"
+    if h:
+        return f"{h}h {m:02d}m {s:02d}s"
+    return f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def render_status(data: dict[str, Any], out: Console) -> None:
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    rows = [("name", data.get("name") or "-"), ("node id", data.get("node_id", "-")),
+            ("address", data.get("address", "-")), ("version", data.get("version", "-")),
+            ("uptime", format_duration(data.get("uptime_s"))),
+            ("listen", ", ".join(data.get("listen") or []) or "-")]
+    for key, value in rows:
+        facts.add_row(key, str(value))
+    out.print(facts)
+    agents = data.get("agents") or {}
+    if not agents:
+        out.print("no agents reported")
+        return
+    table = Table(title=None, show_edge=False, box=None, header_style="bold")
+    table.add_column("AGENT")
+    table.add_column("STATE")
+    for name, state in sorted(agents.items()):
+        color = {"running": "green", "failed": "red", "stopped": "yellow"}.get(str(state), "")
+        table.add_row(name, f"[{color}]{state}[/]" if color else str(state))
+    out.print()
+    out.print(table)
+
+
+@click.command("status")
+@api_option
+@json_option
+def command(api: str, as_json: bool) -> None:
+    """Show the local node: id, address, name, uptime, agents."""
+    data = fetch(api, "status")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        render_status(data, console())
