@@ -105,10 +105,6 @@ class ApiServer:
                  handlers: Mapping[str, Handler] | object | None = None, *,
                  metrics: Callable[[], bytes | str] | None = None) -> None:
         self.host, self.port = host, port
-        self._routes: dict[tuple[str, str], Handler] = {}
-        table = handlers if isinstance(handlers, Mapping) or handlers is None else routes_of(handlers)
-        for key, fn in (table or {}).items():
-            self.add_route(key, fn)
         self._metrics = metrics if metrics is not None else _default_metrics()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,6 +112,10 @@ class ApiServer:
         self._ready = threading.Event()
         self._error: OSError | None = None
         self._bound: tuple[str, int] | None = None
+        self._routes: dict[tuple[str, str], Handler] = {}
+        table = handlers if isinstance(handlers, Mapping) or handlers is None else routes_of(handlers)
+        for key, fn in (table or {}).items():
+            self.add_route(key, fn)
 
     def add_route(self, key: str, handler: Handler) -> None:
         """Add ``"GET /v1/x"`` (or ``"/v1/x"``, ``"POST /v1/x"``); only before ``start()``."""

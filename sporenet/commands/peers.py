@@ -43,7 +43,7 @@ def render_peers(data: dict[str, Any], out: Console) -> None:
     for name in COLUMNS:
         table.add_column(name, justify="right" if name in ("RTT ms", "JITTER ms", "LOSS", "COST")
                          else "left", no_wrap=True)
-    for peer in sorted(peers, key=lambda p: (p.get("name") or "", p.get("node_id") or "")):
+    for peer in peers:  # in the API's order
         table.add_row(*peer_row(peer))
     out.print(table)
 
