@@ -39,7 +39,7 @@ def render_peers(data: dict[str, Any], out: Console) -> None:
     if not peers:
         out.print("no peers")
         return
-    table = Table(show_edge=False, box=None, header_style="bold")
+    table = Table(show_edge=False, box=None, pad_edge=False, header_style="bold")
     for name in COLUMNS:
         table.add_column(name, justify="right" if name in ("RTT ms", "JITTER ms", "LOSS", "COST")
                          else "left", no_wrap=True)

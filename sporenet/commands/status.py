@@ -63,7 +63,7 @@ def render_status(data: dict[str, Any], out: Console) -> None:
     if not agents:
         out.print("no agents reported")
         return
-    table = Table(title=None, show_edge=False, box=None, header_style="bold")
+    table = Table(show_edge=False, box=None, pad_edge=False, header_style="bold")
     table.add_column("AGENT")
     table.add_column("STATE")
     for name, state in sorted(agents.items()):
