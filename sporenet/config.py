@@ -25,7 +25,6 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .keyfile import default_key_file
@@ -61,11 +60,13 @@ class AgentSpec:
     name: str
     class_path: str                      # "package.module:ClassName"
     requires: tuple[str, ...] = ()       # agents that must run before this one
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the agent as is
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """Everything ``sporenet up`` needs; built by ``load_config`` then ``merge_cli``."""
+
     key_file: Path = field(default_factory=default_key_file)
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     peers: tuple[str, ...] = ()
@@ -159,10 +160,7 @@ class _Ctx:
 
 
 def _show(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+    text = json.dumps(value, default=repr)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -256,10 +254,8 @@ def _check_class(value: Any, where: str, ctx: _Ctx) -> Any:
 def _check_table(value: Any, where: str, ctx: _Ctx) -> Any:
     if not isinstance(value, dict):
         return ctx.bad(where, value, "is not a table; expected e.g. { key = \"value\" }")
-    return MappingProxyType(dict(value))
+    return dict(value)
 
-
-# -- sections -------------------------------------------------------------------------
 
 _PROBER_KEYS = {
     "interval": _number(integer=False, minimum=1e-9),
