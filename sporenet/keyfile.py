@@ -145,7 +145,8 @@ def _read_private(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise KeyFileError(f"no key file at {path}; create one with `sporenet keygen --key-file {path}`") from None
+        raise KeyFileError(f"no key file at {path}; "
+                           f"create one with `sporenet keygen --key-file {path}`") from None
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     try:

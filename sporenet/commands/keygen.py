@@ -32,7 +32,8 @@ def describe(identity: Identity, key_file: Path) -> dict[str, str]:
 def command(key_file: Path | None, show: bool, as_json: bool) -> None:
     """Create a node key (mode 0600), or --show the identity in one.
 
-    Prints the node id, public key, overlay address and /64. Never overwrites a file: to replace a key, remove the old file first.
+    Prints the node id, public key, overlay address and /64. Never overwrites
+    a file: to replace a key, remove the old file first.
     """
     key_file = key_file or default_key_file()
     try:
