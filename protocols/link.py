@@ -305,15 +305,19 @@ class LinkTable:
         """Should ``new`` replace ``old`` (both to the same peer)? Same answer on both sides.
 
         Different dialers (simultaneous dial): keep the one dialed by the lower node
-        id. Same dialer (a redial): keep the newer one, as the dialer redials only
-        when it believes the old connection is gone.
+        id. Same dialer, old link long up (a redial): keep the newer one, as the
+        dialer redials only when it believes the old connection is gone. Same dialer,
+        both fresh (two concurrent dials): the order they came up in may differ
+        between the two sides, so compare what both sides know, the nonces.
         """
         peer = new.node_id
         new_dialer = self._id.node_id if new.outbound else peer
         old_dialer = self._id.node_id if old.outbound else peer
         if new_dialer != old_dialer:
             return new_dialer < old_dialer  # type: ignore[operator]
-        return True
+        if new.since - old.since > self._timeout:
+            return True
+        return _nonce_key(new) > _nonce_key(old)
 
     def _refuse(self, c: _Conn, refusal: _Refusal) -> list[Action]:
         self._counters[refusal.counter] += 1
@@ -347,6 +351,12 @@ class LinkTable:
         h = c.hello
         return PeerInfo(c.node_id, h.public_key, str(address_of(h.public_key)), c.remote,
                         h.endpoint, c.outbound, h.name, c.since)
+
+
+def _nonce_key(c: _Conn) -> bytes:
+    """Dialer's nonce then acceptor's: the same bytes on both ends of a connection."""
+    assert c.hello is not None
+    return c.nonce + c.hello.nonce if c.outbound else c.hello.nonce + c.nonce
 
 
 def _code_name(code: int) -> str:

@@ -292,13 +292,25 @@ def test_simultaneous_dial_keeps_exactly_one_link_without_flap(seed, names):
     assert p.tables["a"].counters["duplicates"] + p.tables["b"].counters["duplicates"] >= 1
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_two_concurrent_dials_by_one_side_keep_exactly_one_link(seed):
+    p = Pump("a", "b", rng=random.Random(seed))
+    p.connect("a", 1, "b", 2)
+    p.connect("a", 3, "b", 4)
+    p.flush()
+    links, peers_a, peers_b = survivors(p)
+    assert len(links) == 1 and len(peers_a) == len(peers_b) == 1
+    for side in "ab":
+        assert [type(n) for n in p.notices(side)] == [PeerUp]
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_redial_replaces_the_old_connection_without_flap(seed):
     p = Pump("a", "b", rng=random.Random(seed))
     p.connect("a", 1, "b", 2)
     p.flush()
-    p.connect("a", 5, "b", 6, now=1.0)  # a redials while the old link is still up
-    p.flush(now=1.0)
+    p.connect("a", 5, "b", 6, now=10.0)  # a redials while the old link is still up
+    p.flush(now=10.0)
     links, peers_a, peers_b = survivors(p)
     assert links == {("a", 5): ("b", 6)}
     for side in "ab":

@@ -138,3 +138,22 @@ def test_partitioned_link_is_declared_dead_on_both_ends_in_bounded_time():
     assert all("no probe ack" in line for line in downs)  # each end's own prober noticed
     rep = report(sim, 4, 20.0)
     assert rep.links_up == len(sim.edges) - 1
+
+
+def test_trace_does_not_depend_on_the_interpreter_hash_seed():
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from sporenet.sim.scenario import run_probe_scenario; "
+            "print(hashlib.sha256(run_probe_scenario(n=30, seed=2, duration=8.0)"
+            ".trace_bytes()).hexdigest())")
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True, timeout=60)
+        digests.add(out.stdout.strip())
+    here = run_probe_scenario(n=30, seed=2, duration=8.0).trace_bytes()
+    assert digests == {hashlib.sha256(here).hexdigest()}
