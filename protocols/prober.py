@@ -135,8 +135,12 @@ class Prober:
         self.probe_timeout = 2 * interval if probe_timeout is None else probe_timeout
         self.dead_after = 4 * interval if dead_after is None else dead_after
         self._links: dict[bytes, _Link] = {}
-        self.counters = {"probes_sent": 0, "acks_sent": 0, "late_acks": 0, "stray_acks": 0,
+        self._counters = {"probes_sent": 0, "acks_sent": 0, "late_acks": 0, "stray_acks": 0,
                          "declared_dead": 0}
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
 
     def links(self) -> list[bytes]:
         return list(self._links)
@@ -152,7 +156,7 @@ class Prober:
         match event:
             case FrameFromPeer(node_id=nid, msg=Probe(seq=seq)):
                 # Answer at once, even for a link not (yet) added: the ack is stateless.
-                self.counters["acks_sent"] += 1
+                self._counters["acks_sent"] += 1
                 return [SendToPeer(nid, ProbeAck(seq))]
             case FrameFromPeer(node_id=nid, msg=ProbeAck(seq=seq)):
                 return self._on_ack(nid, seq, now)
@@ -184,7 +188,7 @@ class Prober:
         for nid, link in list(self._links.items()):
             if link.last_heard + self.dead_after <= now:  # same sum as next_deadline
                 del self._links[nid]
-                self.counters["declared_dead"] += 1
+                self._counters["declared_dead"] += 1
                 actions.append(DeclareDead(nid, f"no probe ack for {self.dead_after:g} s"))
                 continue
             if self._expire(link, now) and link.srtt is not None:
@@ -198,7 +202,7 @@ class Prober:
         link.seq = (seq + 1) & _SEQ_MASK
         link.outstanding[seq] = now
         link.next_probe = now + self.interval * self._rng.uniform(0.9, 1.1)
-        self.counters["probes_sent"] += 1
+        self._counters["probes_sent"] += 1
         return [SendToPeer(nid, Probe(seq))]
 
     def _expire(self, link: _Link, now: float) -> bool:
@@ -212,11 +216,11 @@ class Prober:
     def _on_ack(self, nid: bytes, seq: int, now: float) -> list[Action]:
         link = self._links.get(nid)
         if link is None:
-            self.counters["stray_acks"] += 1
+            self._counters["stray_acks"] += 1
             return []
         sent = link.outstanding.get(seq)
         if sent is None or sent + self.probe_timeout <= now:
-            self.counters["late_acks"] += 1  # expired (or about to be): stays counted lost
+            self._counters["late_acks"] += 1  # expired (or about to be): stays counted lost
             return []
         del link.outstanding[seq]
         self._sample(link, now - sent)
