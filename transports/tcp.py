@@ -272,12 +272,12 @@ class TcpCarrier:
 
     def _dispatch(self, what: object, mask: int) -> None:
         if what == "wake":
-            self._wake_pending = False
-            try:
+            try:  # drain first, then clear: a post racing with us always leaves a byte
                 while self._wake_r.recv(4096):
                     pass
             except BlockingIOError:
                 pass
+            self._wake_pending = False
             while self._cmds and self._running:
                 cmd = self._cmds.popleft()
                 self._handlers[cmd[0]](*cmd[1:])
