@@ -1,0 +1,178 @@
+"""TcpCarrier specifics: bytes on the wire, peers that send garbage or reset,
+IPv6 and host names. The behaviour every carrier shares is in test_carriers.py."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+
+import pytest
+
+from sporenet.protocols.framing import encode_length_prefixed
+from sporenet.protocols.wire import MAX_FRAME_SIZE
+from sporenet.transports.carrier import Connected, DialFailed, Disconnected
+from sporenet.transports.tcp import TcpCarrier, format_tcp_endpoint, parse_tcp_endpoint
+
+from test_carriers import TIMEOUT, Recorder  # tests/ is on sys.path (rootdir, no package)
+
+
+
+@pytest.fixture
+def listener():
+    rec = Recorder()
+    carrier = TcpCarrier(rec)
+    endpoint = carrier.listen("tcp://127.0.0.1:0")
+    yield carrier, rec, endpoint
+    carrier.shutdown()
+
+
+def raw_connect(endpoint: str) -> socket.socket:
+    host, port = parse_tcp_endpoint(endpoint)
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    return sock
+
+
+def accepted(rec: Recorder, n: int) -> int:
+    """The conn id of the n-th inbound connection (1-based)."""
+    conns = rec.wait_for(lambda ev: [e for e in ev if isinstance(e, Connected)][n - 1:],
+                         f"inbound connection #{n}")
+    return conns[0].conn_id
+
+
+@pytest.mark.parametrize("endpoint,parsed", [
+    ("tcp://127.0.0.1:80", ("127.0.0.1", 80)),
+    ("tcp://[::1]:0", ("::1", 0)),
+    ("tcp://node.example:7000", ("node.example", 7000)),
+])
+def test_parse_endpoint(endpoint, parsed):
+    assert parse_tcp_endpoint(endpoint) == parsed
+    assert format_tcp_endpoint(*parsed) == endpoint
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1:80", "tcp://::1:80", "tcp://host", "tcp://:80",
+                                 "tcp://h:99999", "tcp://h:-1", "udp://h:1", "tcp://[::1]80"])
+def test_parse_endpoint_refuses(bad):
+    with pytest.raises(ValueError):
+        parse_tcp_endpoint(bad)
+
+
+def test_wire_format_is_u32_big_endian_length_then_frame(listener):
+    carrier, rec, endpoint = listener
+    with raw_connect(endpoint) as raw:
+        cid = accepted(rec, 1)
+        assert carrier.send(cid, b"hello")
+        got = b""
+        while len(got) < 9:
+            got += raw.recv(64)
+        assert got == b"\x00\x00\x00\x05hello"
+        raw.sendall(encode_length_prefixed(b"back") + encode_length_prefixed(b"again")[:3])
+        assert rec.wait_frames(cid, 1) == [b"back"]
+
+
+GARBAGE = {
+    "random_bytes": b"\xfe" + random.Random(7).randbytes(4095),
+    "oversize_prefix": struct.pack("!I", MAX_FRAME_SIZE + 1),
+    "huge_prefix": b"\xff\xff\xff\xff",
+    "zero_prefix": b"\x00\x00\x00\x00" + b"tail",
+    "http_request": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "good_then_zero": encode_length_prefixed(b"ok") + b"\x00\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_garbage_disconnects_that_peer_only(listener, name):
+    carrier, rec, endpoint = listener
+    good = Recorder()
+    client = TcpCarrier(good)
+    try:
+        client.dial(endpoint)
+        c_good = good.first(Connected).conn_id
+        s_good = accepted(rec, 1)
+        with raw_connect(endpoint) as raw:
+            s_bad = accepted(rec, 2)
+            raw.sendall(GARBAGE[name])  # only the prefix: no waiting for a body
+            gone = rec.first(Disconnected, conn_id=s_bad)
+            assert gone.broken is True
+            assert "length prefix" in gone.reason
+        assert carrier.stats().malformed_frames == 1
+        assert client.send(c_good, b"still here")
+        assert rec.wait_frames(s_good, 1) == [b"still here"]
+        assert carrier.send(s_good, b"and back")
+        assert good.wait_frames(c_good, 1) == [b"and back"]
+    finally:
+        client.shutdown()
+
+
+def test_end_of_stream_inside_a_frame_is_malformed(listener):
+    carrier, rec, endpoint = listener
+    with raw_connect(endpoint) as raw:
+        cid = accepted(rec, 1)
+        raw.sendall(struct.pack("!I", 100) + b"only ten b")
+    gone = rec.first(Disconnected, conn_id=cid)
+    assert gone.broken and "inside a frame" in gone.reason
+    assert carrier.stats().malformed_frames == 1
+
+
+def test_clean_end_of_stream_is_not_broken(listener):
+    carrier, rec, endpoint = listener
+    with raw_connect(endpoint) as raw:
+        cid = accepted(rec, 1)
+        raw.sendall(encode_length_prefixed(b"bye"))
+    gone = rec.first(Disconnected, conn_id=cid)
+    assert rec.frames(cid) == [b"bye"]
+    assert (gone.broken, gone.reason) == (False, "closed by peer")
+
+
+def test_reset_by_peer_is_broken(listener):
+    carrier, rec, endpoint = listener
+    raw = raw_connect(endpoint)
+    cid = accepted(rec, 1)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # linger 0: RST instead of FIN
+    gone = rec.first(Disconnected, conn_id=cid)
+    assert gone.broken is True
+    assert carrier.stats().malformed_frames == 0
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_ipv6_loopback():
+    a, b = Recorder(), Recorder()
+    ca, cb = TcpCarrier(a), TcpCarrier(b)
+    try:
+        endpoint = cb.listen("tcp://[::1]:0")
+        assert endpoint.startswith("tcp://[::1]:")
+        ca.dial(endpoint)
+        conn = a.first(Connected).conn_id
+        assert b.first(Connected).remote.startswith("tcp://[::1]:")
+        ca.send(conn, b"v6")
+        assert b.wait_frames(b.first(Connected).conn_id, 1) == [b"v6"]
+    finally:
+        ca.shutdown()
+        cb.shutdown()
+
+
+def test_dial_by_host_name_resolves_off_the_io_thread():
+    a, b = Recorder(), Recorder()
+    ca, cb = TcpCarrier(a), TcpCarrier(b)
+    try:
+        bound = cb.listen("tcp://localhost:0")  # whichever family localhost is here
+        port = parse_tcp_endpoint(bound)[1]
+        ca.dial(f"tcp://localhost:{port}")
+        assert a.first(Connected).remote == f"tcp://localhost:{port}"
+        ca.dial("tcp://no-such-host.invalid:1")
+        assert "resolve" in a.first(DialFailed).reason
+    finally:
+        ca.shutdown()
+        cb.shutdown()
