@@ -65,6 +65,7 @@ def test_custom_cap():
 frames_st = st.lists(st.binary(min_size=1, max_size=300), max_size=30)
 
 
+@settings(deadline=None)  # the machine is shared: no per-example time limit
 @given(frames=frames_st, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
 def test_any_chunking_decodes_to_the_same_frames(frames, cuts):
     stream = b"".join(encode_length_prefixed(f) for f in frames)
@@ -77,6 +78,7 @@ def test_any_chunking_decodes_to_the_same_frames(frames, cuts):
     assert d.buffered == 0
 
 
+@settings(deadline=None)
 @given(frames=frames_st, chunk=st.integers(min_value=1, max_value=17))
 def test_fixed_size_chunks_with_memoryview_input(frames, chunk):
     stream = bytearray(b"".join(encode_length_prefixed(f) for f in frames))
@@ -87,7 +89,7 @@ def test_fixed_size_chunks_with_memoryview_input(frames, chunk):
     assert out == frames
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=200), split=st.integers(min_value=0, max_value=200))
 def test_fuzz_only_decode_error_escapes(data, split):
     d = FrameDecoder(max_frame=64)
@@ -99,6 +101,7 @@ def test_fuzz_only_decode_error_escapes(data, split):
     assert sum(len(f) + PREFIX_SIZE for f in frames) + d.buffered == len(data)
 
 
+@settings(deadline=None)
 @given(length=st.integers(min_value=65, max_value=0xFFFFFFFF))
 def test_oversize_prefix_raises_for_every_length(length):
     with pytest.raises(DecodeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -164,6 +165,7 @@ def test_ipv6_loopback():
 
 
 def test_dial_by_host_name_resolves_off_the_io_thread():
+    threads = set(threading.enumerate())
     a, b = Recorder(), Recorder()
     ca, cb = TcpCarrier(a), TcpCarrier(b)
     try:
@@ -176,3 +178,4 @@ def test_dial_by_host_name_resolves_off_the_io_thread():
     finally:
         ca.shutdown()
         cb.shutdown()
+    assert set(threading.enumerate()) == threads  # the resolver thread is joined too

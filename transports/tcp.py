@@ -558,6 +558,8 @@ class TcpCarrier:
         self._running = False
 
     def _teardown(self) -> None:
+        with self._lock:
+            self._stopped = True  # also when _run died of a bug: callers get TransportClosed
         while self._cmds:  # posted before "stop": settle them without doing I/O
             cmd = self._cmds.popleft()
             if cmd[0] in ("dial", "resolved"):
