@@ -32,12 +32,15 @@ Contract details every carrier keeps (tests/test_carriers.py checks them):
 - ``Connected.remote`` of an outbound connection is the endpoint string exactly as
   passed to ``dial`` (so a dialer can match it); of an inbound one, the peer's
   address in the carrier's endpoint syntax.
+- Connection ids are ints unique in the process across all carriers
+  (``new_conn_id``), so an owner driving several carriers can key on the id alone.
 - Endpoints that do not parse never raise from ``dial``: they end in ``DialFailed``
   (endpoints can come from peers' records).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
@@ -155,3 +158,11 @@ def split_endpoint(endpoint: str) -> tuple[str, str]:
     if not sep or not scheme:
         raise ValueError(f"endpoint {endpoint!r} has no scheme (want scheme://address)")
     return scheme, rest
+
+
+_conn_ids = itertools.count(1)
+
+
+def new_conn_id() -> int:
+    """A connection id never used before in this process (thread-safe under the GIL)."""
+    return next(_conn_ids)

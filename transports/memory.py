@@ -26,7 +26,8 @@ from sporenet.protocols.errors import LocalProtocolError
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 
 from .carrier import (CarrierEvent, CarrierStats, Connected, ConnStats, DialFailed,
-                      Disconnected, EventCallback, FrameReceived, split_endpoint)
+                      Disconnected, EventCallback, FrameReceived, new_conn_id,
+                      split_endpoint)
 from .errors import TransportClosed, TransportError
 
 log = structlog.get_logger(__name__)
@@ -136,8 +137,8 @@ class MemoryCarrier:
                 self._totals["dial_failures"] += 1
                 self._push(DialFailed(endpoint, reason))
                 return
-            ours = _Half(next(self._net.ids), self, endpoint, True)
-            theirs = _Half(next(self._net.ids), target, f"mem://~{self._label}.{ours.id}", False)
+            ours = _Half(new_conn_id(), self, endpoint, True)
+            theirs = _Half(new_conn_id(), target, f"mem://~{self._label}.{ours.id}", False)
             ours.peer, theirs.peer = theirs, ours
             target._conns[theirs.id] = theirs
             target._totals["accepted"] += 1

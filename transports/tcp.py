@@ -22,7 +22,6 @@ kernel buffers fill and TCP flow control stops the peer.
 from __future__ import annotations
 
 import errno
-import itertools
 import selectors
 import socket
 import struct
@@ -38,7 +37,7 @@ from sporenet.protocols.framing import PREFIX_SIZE, FrameDecoder
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 
 from .carrier import (CarrierStats, Connected, ConnStats, DialFailed, Disconnected,
-                      EventCallback, FrameReceived, split_endpoint)
+                      EventCallback, FrameReceived, new_conn_id, split_endpoint)
 from .errors import TransportClosed, TransportError
 
 log = structlog.get_logger(__name__)
@@ -52,7 +51,6 @@ _WRITE_ROUNDS = 4    # sendmsg calls per turn before yielding to other sockets
 _ACCEPTS_PER_TURN = 64
 _PREFIX = struct.Struct("!I")
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
-_conn_ids = itertools.count(1)  # process-wide, so ids never repeat across carriers
 
 
 def parse_tcp_endpoint(endpoint: str) -> tuple[str, int]:
@@ -84,7 +82,7 @@ class _Conn:
                  "_wants_write")
 
     def __init__(self, sock: socket.socket, remote: str, outbound: bool, max_frame: int) -> None:
-        self.id = next(_conn_ids)
+        self.id = new_conn_id()
         self.remote, self.outbound = remote, outbound
         self.lock = threading.Lock()
         self.out: list[bytes] = []  # queued by send(), not yet taken by the I/O thread
