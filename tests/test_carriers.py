@@ -312,3 +312,22 @@ def test_shutdown_disconnects_and_leaves_no_thread_or_fd(harness):
     b.carrier.shutdown()
     assert set(threading.enumerate()) == threads
     assert _fd_count() == fds
+
+
+def test_send_is_thread_safe(harness):
+    a, b, ca, cb = harness.pair()
+    per_thread, n_threads = 2_000, 4
+
+    def blast(t: int) -> None:
+        for i in range(per_thread):
+            assert a.carrier.send(ca, b"%d:%d" % (t, i))
+
+    workers = [threading.Thread(target=blast, args=(t,)) for t in range(n_threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    frames = b.rec.wait_frames(cb, per_thread * n_threads)
+    for t in range(n_threads):  # each sender's frames arrive whole and in its order
+        mine = [f for f in frames if f.startswith(b"%d:" % t)]
+        assert mine == [b"%d:%d" % (t, i) for i in range(per_thread)]
