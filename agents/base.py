@@ -94,7 +94,8 @@ class _BusReader(threading.Thread):
     def run(self) -> None:
         sub = BusSubscriber(self._ctx.endpoints, self._ctx.zmq_context)
         try:
-            sub.subscribe(self._sync_topic, *self._topics)
+            sub.subscribe(*self._topics)
+            sub.subscribe(self._sync_topic)  # last: once it is live, so are the others
             while not self.stopping.is_set():
                 got = sub.recv_raw(READER_POLL)
                 if got is not None and not self._deliver(*got):
@@ -210,7 +211,7 @@ class ProtocolAgent(pykka.ThreadingActor):
         try:
             self.execute(self.protocol.handle(event, now=self.clock.now()))
         except ProtocolError as e:
-            self.log.warning("protocol_error", error=str(e), event=type(event).__name__)
+            self.log.warning("protocol_error", error=str(e), input=type(event).__name__)
         self._rearm()
 
     def execute(self, actions: list[Action]) -> None:
@@ -237,7 +238,7 @@ class ProtocolAgent(pykka.ThreadingActor):
             try:
                 self.execute(self.protocol.on_timer(now))
             except ProtocolError as e:
-                self.log.warning("protocol_error", error=str(e), event="timer")
+                self.log.warning("protocol_error", error=str(e), input="timer")
         self._rearm()
 
     def _rearm(self) -> None:
