@@ -3,10 +3,12 @@ IPv6 and host names. The behaviour every carrier shares is in test_carriers.py."
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -26,6 +28,15 @@ def listener():
     endpoint = carrier.listen("tcp://127.0.0.1:0")
     yield carrier, rec, endpoint
     carrier.shutdown()
+
+
+def poll_until(pred, what: str, timeout: float = TIMEOUT) -> None:
+    """For conditions no event signals (an fd closing): re-check every 10 ms."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        tick.wait(0.01)
 
 
 def raw_connect(endpoint: str) -> socket.socket:
@@ -179,3 +190,50 @@ def test_dial_by_host_name_resolves_off_the_io_thread():
         ca.shutdown()
         cb.shutdown()
     assert set(threading.enumerate()) == threads  # the resolver thread is joined too
+
+
+def test_dial_times_out_when_the_listener_never_answers():
+    # A listener whose accept queue is full drops further SYNs (Linux default,
+    # tcp_abort_on_overflow=0), so a connect neither succeeds nor is refused.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+                fillers.append(s)
+            rec = Recorder()
+            carrier = TcpCarrier(rec, dial_timeout=0.5)
+            try:
+                carrier.dial(f"tcp://127.0.0.1:{port}")
+                failed = rec.first(DialFailed)
+                if "timed out" not in failed.reason:
+                    pytest.skip(f"this kernel answered the SYN: {failed.reason}")
+            finally:
+                carrier.shutdown()
+        finally:
+            for s in fillers:
+                s.close()
+
+
+def test_close_towards_a_peer_that_never_reads_gives_up_after_linger():
+    a, b = Recorder(), Recorder()
+    ca, cb = TcpCarrier(a, linger=0.3), TcpCarrier(b)
+    try:
+        ca.dial(cb.listen("tcp://127.0.0.1:0"))
+        conn = a.first(Connected).conn_id
+        peer = b.first(Connected).conn_id
+        cb.pause_reading(peer)
+        while ca.send(conn, bytes(65536)):
+            pass
+        fds = len(os.listdir("/proc/self/fd"))
+        ca.close(conn, "bye")
+        assert a.first(Disconnected).reason == "bye"
+        poll_until(lambda: len(os.listdir("/proc/self/fd")) < fds, "lingering socket closed")
+    finally:
+        ca.shutdown()
+        cb.shutdown()
