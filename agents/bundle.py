@@ -175,13 +175,19 @@ class Bundle:
             raise self.error
         return stopped
 
-    def run_forever(self) -> None:
-        """Start (if needed), run until SIGINT/SIGTERM or a fatal failure, stop cleanly."""
+    def run_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, run until SIGINT/SIGTERM or a fatal failure, stop cleanly. Main thread only.
+
+        The handlers are installed before the agents start, so a signal during
+        start-up also stops cleanly; ``on_ready`` runs once every agent is running.
+        """
         old = {s: signal.signal(s, lambda *_: self._stopping.set())
                for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self._watcher is None:
                 self.start()
+            if on_ready is not None:
+                on_ready()
             while not self._stopping.wait(0.5):
                 pass
         finally:
@@ -300,6 +306,8 @@ class Bundle:
         while r.restarts and r.restarts[0] < now - self.restart_window:
             r.restarts.popleft()
         if len(r.restarts) >= self.restart_limit:
+            with self._lock:
+                self._agents.pop(name, None)
             self._set_state(name, "failed", detail)
             self.error = BundleError(
                 f'agent "{name}" crashed {len(r.restarts) + 1} times within '
