@@ -14,7 +14,8 @@ Rules:
   ``tell``s; the PUB socket is created, used and closed in the actor thread.
 - ``on_start`` returns only once the bus delivered the agent's own sync message
   (``transports.bus`` "slow joiner"): when the bundle calls an agent ready, its
-  subscriptions and its publisher are live.
+  subscriptions and its publisher are live, and every notice published on the
+  bus from then on that matches ``TOPICS`` reaches it.
 - ``ProtocolError`` (a peer's fault) is logged and the agent goes on; any other
   exception is a bug: pykka stops the actor and the bundle restarts it.
 - Agents hear their own notices when a topic they publish matches ``TOPICS``.

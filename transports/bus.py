@@ -12,9 +12,14 @@ Rules:
   sockets; a ``BusPublisher``/``BusSubscriber``/``BusClient`` is used only by
   the thread that created it.
 - PUB/SUB drops what is sent before a subscription reaches the publisher (the
-  "slow joiner"). ``BusClient.sync()`` publishes a private ``_bus.sync.<id>``
-  message to itself until it comes back; after that its publisher's connection
-  and every subscription it made are live (ZeroMQ keeps the order per pipe).
+  "slow joiner"). Two measures close it. (1) The broker's XSUB subscribes to
+  everything, so every publisher sends every message to the broker and only the
+  XPUB side filters; a subscription is in force as soon as the broker has it,
+  whoever publishes. (2) ``BusClient.sync()`` subscribes to a private
+  ``_bus.sync.<id>`` topic last and publishes to itself until that comes back;
+  ZeroMQ keeps the order per pipe, so then its publisher is connected and its
+  earlier subscriptions are in the broker: whatever anyone publishes from then
+  on reaches it.
 - High-water marks are raised so a burst does not drop notices; a subscriber that
   stays ``HWM`` messages behind still loses the newest ones (PUB/SUB semantics).
 """
@@ -160,6 +165,7 @@ class Bus:
             xpub.bind(self._inproc.sub)
             xpub.bind(self._ipc.sub)
             ctl.bind(self._control)
+            xsub.send(b"\x01")  # subscribe to everything: publishers never filter (see below)
         except zmq.ZMQError as e:
             self._bind_error = e
             for s in (xsub, xpub, ctl):
@@ -268,7 +274,7 @@ class BusClient:
 
     def sync(self, timeout: float = 5.0) -> None:
         """Return once this client's publisher and subscriptions are live on the bus."""
-        self._sub.subscribe(self._sync_topic)
+        self._sub.subscribe(self._sync_topic)  # after the others: see the module docstring
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
