@@ -293,6 +293,16 @@ class BusClient:
     def publish(self, notice: Notice) -> None:
         self._pub.publish(notice)
 
+    def publish_raw(self, topic: bytes, payload: bytes) -> None:
+        """Already encoded frames (bridges, benchmarks)."""
+        self._pub.publish_raw(topic, payload)
+
+    def recv_raw(self, timeout: float | None = None) -> tuple[bytes, bytes] | None:
+        """The next ``(topic, payload)`` undecoded, the bus's private ones included."""
+        if self._early:
+            return self._early.popleft()
+        return self._sub.recv_raw(timeout)
+
     def recv(self, timeout: float | None = None) -> Notice | None:
         """The next notice (``RawNotice`` for unknown topics), or None on timeout.
 
