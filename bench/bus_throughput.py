@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from sporenet.logs import configure_logging
 from sporenet.protocols.notices import Notice
 from sporenet.transports.bus import Bus, BusClient, load_endpoints
 from sporenet.transports.bus_codec import encode_notice
@@ -111,6 +112,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--size", type=int, default=32, help="bytes field size per notice")
     args = ap.parse_args()
+    configure_logging("warning")
     run_dir = tempfile.mkdtemp(prefix="sn-bench-", dir="/tmp")
     bus = Bus(run_dir).start()
     try:
