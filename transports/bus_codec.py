@@ -83,5 +83,5 @@ def decode_notice(topic: bytes | str, payload: bytes) -> Notice:
     known = {f.name for f in dataclasses.fields(cls)}
     try:
         return cls(**{k: v for k, v in fields.items() if k in known})
-    except TypeError as e:  # a required field is missing
+    except (TypeError, ValueError) as e:  # a required field is missing, or a check refused it
         raise DecodeError(f"{name}: {e}") from None
