@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
@@ -50,10 +51,12 @@ def sample(hint):
     if origin in (typing.Union, types.UnionType):
         return sample(next(a for a in args if a is not type(None)))
     if origin is tuple:
-        return (sample(args[0]),) if args else ()
-    if origin in (list,):
-        return (sample(args[0]),)
-    if origin is dict or hint is dict:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return (sample(args[0]),)
+        return tuple(sample(a) for a in args)
+    if origin is list:
+        return (sample(args[0]),)  # msgpack arrays decode as tuples
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
         return {"k": 1}
     return {bytes: b"\x00\x01\xfe", str: "sé", int: 7, float: 1.5, bool: True}[hint]
 
