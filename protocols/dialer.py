@@ -56,6 +56,11 @@ class Dialer:
     def endpoints(self) -> list[str]:
         return list(self._targets)
 
+    def is_scheduled(self, endpoint: str) -> bool:
+        """True if a dial to ``endpoint`` is waiting for its time."""
+        t = self._targets.get(endpoint)
+        return t is not None and t.due is not None
+
     def handle(self, event: Event, now: float) -> list[Action]:
         match event:
             case DialSucceeded(endpoint=ep) if ep in self._targets:

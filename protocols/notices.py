@@ -84,3 +84,52 @@ class AgentStateChanged(Notice):
     agent: str
     state: str
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFrameIn(Notice):
+    """A control frame from an authenticated peer, for the agent that speaks its type.
+
+    ``rx_time`` is the receiving node's monotonic clock when the frame came off the
+    carrier, so a prober on the same node measures RTT without the bus hop.
+    Data frames never travel here (DESIGN.md §2: packets never cross the bus).
+    """
+
+    TOPIC: ClassVar[str] = "link.rx"
+    node_id: bytes
+    frame: bytes
+    rx_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFrameOut(Notice):
+    """Ask the link agent to send a control frame to a peer."""
+
+    TOPIC: ClassVar[str] = "link.tx"
+    node_id: bytes
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDead(Notice):
+    """The prober saw no answer for too long: the link agent closes the link."""
+
+    TOPIC: ClassVar[str] = "prober.link_dead"
+    node_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkListening(Notice):
+    """The link agent's bound listen endpoints (real ports, after port 0)."""
+
+    TOPIC: ClassVar[str] = "link.listening"
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCounters(Notice):
+    """Link-level drop and refusal counters (malformed frames, bad hellos, ...)."""
+
+    TOPIC: ClassVar[str] = "link.counters"
+    counters: dict

@@ -1,0 +1,142 @@
+"""The link agent: owns the link carrier and drives the ``LinkManager``.
+
+Carrier events arrive from the carrier's I/O thread as ``tell``s; frames for other
+agents (probes, later routing) leave on the bus as ``LinkFrameIn``, and their
+answers come back as ``LinkFrameOut``. Options: ``identity`` (an ``Identity``),
+``listen`` (endpoints), ``peers`` (endpoints), ``name``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Callable
+
+from sporenet.protocols import wire
+from sporenet.protocols.base import Action
+from sporenet.protocols.dialer import Dial
+from sporenet.protocols.errors import DecodeError
+from sporenet.protocols.link import (BytesReceived, CloseConnection, ConnectionLost,
+                                     ConnectionOpened, DeliverFrame, SendFrame)
+from sporenet.protocols.link_manager import DialFailed, LinkManager
+from sporenet.protocols.messages import CloseCode
+from sporenet.protocols.notices import (AgentStateChanged, LinkCounters, LinkDead, LinkFrameIn,
+                                        LinkFrameOut, LinkListening, PeerUp)
+from sporenet.transports import carrier as ev
+from sporenet.transports.errors import TransportClosed
+from sporenet.transports.tcp import TcpCarrier
+
+from .base import ProtocolAgent
+
+
+class GetLinkInfo:
+    """``ask`` it: the bound listen endpoints, peers and counters."""
+
+
+class LinkAgent(ProtocolAgent):
+    TOPICS = (LinkFrameOut.TOPIC, LinkDead.TOPIC, AgentStateChanged.TOPIC)
+
+    def make_protocol(self) -> LinkManager:
+        identity = self.options["identity"]
+        self._carrier = TcpCarrier(self.actor_ref.tell, name="tcp")
+        self._listening = tuple(self._carrier.listen(ep) for ep in self.options.get("listen", ()))
+        return LinkManager(identity, peers=list(self.options.get("peers", ())),
+                           rng=random.Random(os.urandom(16)), now=self.clock.now(),
+                           listen_endpoint=self._listening[0] if self._listening else "",
+                           name=self.options.get("name", ""))
+
+    def dispatch_table(self) -> dict[type, Callable[[Any], None]]:
+        return {**super().dispatch_table(), SendFrame: self._send, Dial: self._dial,
+                CloseConnection: self._close, DeliverFrame: self._deliver}
+
+    def on_ready(self) -> None:
+        self.log.info("link_listening", endpoints=list(self._listening))
+        self.publish(LinkListening(self._listening))
+
+    def on_message(self, message: Any) -> None:  # carrier events, from its I/O thread
+        now = self.clock.now()
+        match message:
+            case ev.Connected(conn_id=c, outbound=o, remote=r):
+                self.feed(ConnectionOpened(c, o, r, os.urandom(16)))
+            case ev.FrameReceived(conn_id=c, frame=f):
+                self._rx_time = now
+                self.feed(BytesReceived(c, f))
+            case ev.Disconnected(conn_id=c, reason=r, broken=broken):
+                self.feed(ConnectionLost(c, r))
+                if broken:
+                    self.publish(LinkCounters(self._counters()))
+            case ev.DialFailed(endpoint=ep, reason=r):
+                self.log.info("dial_failed", endpoint=ep, reason=r)
+                self.feed(DialFailed(ep, r))
+            case _:
+                super().on_message(message)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, GetLinkInfo):
+            return self._info()
+        return super().on_receive(message)
+
+    def on_bus(self, notice: Any) -> None:
+        lm: LinkManager = self.protocol
+        now = self.clock.now()
+        match notice:
+            case LinkFrameOut(node_id=nid, frame=frame):
+                try:
+                    msg = wire.decode_frame(frame)
+                except DecodeError as e:
+                    self.log.warning("bad_frame_from_agent", error=str(e))
+                    return
+                self.execute(lm.after(lm.table.send_to(nid, msg), now))
+            case LinkDead(node_id=nid, reason=reason):
+                self.log.info("link_dead", peer=nid[:4].hex(), reason=reason)
+                self.execute(lm.after(lm.table.disconnect(nid, CloseCode.DEAD, reason), now))
+            case AgentStateChanged(state="running", agent=agent) if agent != self.name:
+                self._announce()
+        self._rearm()
+
+    def _announce(self) -> None:
+        """Repeat what a (re)started agent missed: listen endpoints and live peers."""
+        self.publish(LinkListening(self._listening))
+        for p in self.protocol.table.peers():
+            self.publish(PeerUp(p.node_id, p.public_key, p.address, p.listen_endpoint or p.endpoint,
+                                p.outbound, p.name))
+        self.publish(LinkCounters(self._counters()))
+
+    def _counters(self) -> dict:
+        stats = self._carrier.stats()
+        return {**self.protocol.table.counters, "malformed_streams": stats.malformed_frames}
+
+    def _info(self) -> dict:
+        return {"listen": list(self._listening), "counters": self._counters(),
+                "peers": [p.node_id.hex() for p in self.protocol.table.peers()]}
+
+    def _send(self, a: SendFrame) -> None:
+        try:
+            if not self._carrier.send(a.conn, wire.encode_frame(a.msg)):
+                self.log.warning("send_queue_full", conn=a.conn)
+        except TransportClosed:
+            pass  # the Disconnected event is on its way
+
+    def _dial(self, a: Dial) -> None:
+        self._carrier.dial(a.endpoint)
+
+    def _close(self, a: CloseConnection) -> None:
+        self.log.info("link_closed", conn=a.conn, code=int(a.code), reason=a.reason)
+        self._carrier.close(a.conn, a.reason)
+        if "malformed" in a.reason or int(a.code) in (CloseCode.AUTH_FAILED, CloseCode.PROTOCOL_ERROR):
+            self.publish(LinkCounters(self._counters()))
+
+    def _deliver(self, a: DeliverFrame) -> None:
+        self.publish(LinkFrameIn(a.node_id, wire.encode_frame(a.msg), getattr(self, "_rx_time", 0.0)))
+
+    def on_stop(self) -> None:
+        if self.protocol is not None:
+            self.execute(self.protocol.table.close_all())
+            self._carrier.shutdown()
+        super().on_stop()
+
+    def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        carrier = getattr(self, "_carrier", None)
+        if carrier is not None:
+            carrier.shutdown()
+        super().on_failure(exc_type, exc, tb)

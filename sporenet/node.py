@@ -1,0 +1,77 @@
+"""A running node: the config and key turned into a bundle of agents.
+
+``Node(config, identity).run_forever()`` is what ``sporenet up`` does. Built-in
+agents: ``link`` (carrier, signed hello, dialer), ``prober`` (RTT, jitter, loss,
+cost per link) and ``api`` (local HTTP JSON API); custom agents from the config's
+``[[agents]]`` come after them. Once every agent runs, the node writes
+``<run_dir>/node.json`` with its real endpoints (after port 0), for launchers and
+``sporenet bus tap``; the file is removed when the node stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sporenet.agents.api import ApiAgent, GetApiAddress
+from sporenet.agents.bundle import AgentSpec, Bundle
+from sporenet.agents.link import GetLinkInfo, LinkAgent
+from sporenet.agents.prober import ProberAgent
+from sporenet.protocols.identity import Identity
+
+from .config import NodeConfig
+
+log = structlog.get_logger("sporenet.node")
+BUILTIN_AGENTS = ("link", "prober", "api")
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: Identity) -> None:
+        self.config = config
+        self.identity = identity
+        self.run_dir = Path(config.run_dir or config.run_dir_for(identity.node_id))
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.info_path = self.run_dir / "node.json"
+        self.bundle = Bundle(self._specs(), self.run_dir)
+
+    def _specs(self) -> list[Any]:
+        c, ident = self.config, self.identity
+        specs: list[Any] = [
+            AgentSpec("api", ApiAgent, options={"identity": ident, "api": c.api, "name": c.name,
+                                                "agent_states": lambda: self.bundle.states()}),
+            AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
+                                                      "window": c.prober.window,
+                                                      "dead_after": c.prober.dead_after}),
+            AgentSpec("link", LinkAgent, requires=("prober", "api"),
+                      options={"identity": ident, "listen": list(c.listen),
+                               "peers": list(c.peers), "name": c.name}),
+        ]
+        for custom in c.agents:
+            if custom.name in BUILTIN_AGENTS:
+                raise ValueError(f'agents: "{custom.name}" is a built-in agent name; choose another')
+            specs.append(custom)
+        return specs
+
+    def write_info(self) -> dict[str, Any]:
+        link = self.bundle.agent("link").ask(GetLinkInfo(), timeout=10)
+        api = self.bundle.agent("api").ask(GetApiAddress(), timeout=10)
+        info = {"node_id": self.identity.node_id.hex(), "address": str(self.identity.address),
+                "name": self.config.name, "listen": link["listen"], "api": api, "pid": os.getpid(),
+                "run_dir": str(self.run_dir)}
+        tmp = self.info_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(self.info_path)
+        log.info("node_up", node_id=info["node_id"][:8], address=info["address"],
+                 listen=info["listen"], api=api)
+        return info
+
+    def run_forever(self) -> None:
+        try:
+            self.bundle.run_forever(on_ready=self.write_info)
+        finally:
+            self.info_path.unlink(missing_ok=True)
+            log.info("node_stopped")
