@@ -104,4 +104,5 @@ def _peer_row(p: dict[str, Any], now: float) -> dict[str, Any]:
             "jitter_ms": None if m is None else round(m.jitter_ms, 3),
             "loss": None if m is None else round(m.loss, 4),
             "cost": None if m is None else round(m.cost, 3),
+            "samples": 0 if m is None else m.samples,
             "since_s": round(now - p["since"], 3)}

@@ -17,7 +17,8 @@ from typing import Hashable
 from .base import Action, Event, Publish
 from .dialer import Dial, Dialer, DialLost, DialSucceeded
 from .identity import Identity
-from .link import ConnectionLost, ConnectionOpened, LinkTable
+from .link import ConnectionLost, ConnectionOpened, DeliverFrame, LinkTable
+from .messages import Probe, ProbeAck
 from .notices import LinkCounters
 
 
@@ -47,10 +48,22 @@ class LinkManager:
                 return self.dialer.handle(DialLost(ep), now) if ep not in self._up else []
             case ConnectionOpened(conn=c, outbound=True, remote=ep) if ep in self._pending:
                 self._dialing[c] = ep
-        actions = self.table.handle(event, now)
+        actions = self._echo_probes(self.table.handle(event, now))
         if isinstance(event, ConnectionLost) and event.conn in self._dialing:
             self._pending.discard(self._dialing.pop(event.conn))
         return actions + self._reconcile(now)
+
+    def _echo_probes(self, actions: list[Action]) -> list[Action]:
+        """Answer probes here, not in the prober: on a real node the prober sits one
+        bus hop away, and an echo that crossed the bus twice would count that time
+        as link latency. The prober still answers probes in the simulator."""
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, DeliverFrame) and isinstance(a.msg, Probe):
+                out += self.table.send_to(a.node_id, ProbeAck(a.msg.seq))
+            else:
+                out.append(a)
+        return out
 
     def next_deadline(self) -> float | None:
         dues = [d for d in (self.table.next_deadline(), self.dialer.next_deadline()) if d is not None]
