@@ -56,3 +56,20 @@ def test_three_nodes_link_measure_and_notice_a_death(mesh):
         wait_for(lambda: c.node_id not in peers_of(node), 15, "c to be gone")
     assert a.alive() and b.alive()
     assert set(peers_of(a)) == {b.node_id} and set(peers_of(b)) == {a.node_id}
+
+
+def test_a_silent_node_is_declared_dead_then_relinks_when_it_wakes(mesh):
+    """SIGSTOP keeps the TCP connections open: only the probers can tell the peer is gone."""
+    a = mesh.start_node("a")
+    b = mesh.start_node("b", peers=[a.endpoint])
+    wait_for(lambda: b.node_id in measured_peers(a), 20, "a to measure b")
+
+    b.process.send_signal(19)  # SIGSTOP
+    try:
+        # dead_after is 4 probe intervals (0.8 s here); allow generous scheduling slack.
+        wait_for(lambda: b.node_id not in peers_of(a), 10, "a to declare the silent b dead")
+    finally:
+        b.process.send_signal(18)  # SIGCONT
+    # b redials its configured peer by itself, and the link is measured again.
+    wait_for(lambda: b.node_id in measured_peers(a) and a.node_id in measured_peers(b), 30,
+             "b to relink with a")
