@@ -3,11 +3,15 @@
 It imports nothing from sporenet on purpose: this is all an agent in any language
 needs (see examples/README.md "The wire format").
 
-    python examples/external_agent.py --run-dir /run/user/1000/sporenet-1a2b3c4d [--count N]
+    python examples/external_agent.py --run-dir /run/user/1000/sporenet-1a2b3c4d \
+        [--topic PREFIX ...] [--count N]
 
-It reads ``<run_dir>/bus.json``, subscribes to ``link.``, ``prober.`` and
-``example.``, confirms the subscription is live, prints ``ready``, then prints
-each notice it sees and answers each with an ``external.seen`` notice of its own.
+``--run-dir`` is the running node's run directory (``sporenet up --run-dir``, or
+``run_dir`` in its ``node.json``); it defaults to ``$SPORENET_RUN_DIR``. The agent
+reads ``<run_dir>/bus.json``, subscribes to the ``--topic`` prefixes (default
+``link.peer_``, ``prober.`` and ``example.``), confirms the subscription is live,
+prints ``ready``, then prints each notice it sees and answers each with an
+``external.seen`` notice of its own. ^C (SIGINT) stops it with status 0.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ import uuid
 import msgpack
 import zmq
 
-TOPICS = (b"link.", b"prober.", b"example.")
+# Peer up/down, link measurements and the in-process example's counts. Not all of
+# "link.": on a real node "link.rx"/"link.tx" carry every probe frame.
+TOPICS = ("link.peer_", "prober.", "example.")
 
 
 def connect(run_dir: str) -> tuple[zmq.Socket, zmq.Socket]:
-    with open(os.path.join(run_dir, "bus.json")) as f:
-        bus = json.load(f)
+    try:
+        with open(os.path.join(run_dir, "bus.json")) as f:
+            bus = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"no node bus in {run_dir} (is the node running?): {e}") from None
     ctx = zmq.Context.instance()
     pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
     pub.connect(bus["pub"])  # we publish into the bus's XSUB side
@@ -55,12 +64,16 @@ def show(value: object) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--run-dir", default=os.environ.get("SPORENET_RUN_DIR"),
+                    required="SPORENET_RUN_DIR" not in os.environ,
+                    help="the node's run directory (default: $SPORENET_RUN_DIR)")
+    ap.add_argument("--topic", dest="topics", action="append", metavar="PREFIX",
+                    help=f"topic prefix to hear, repeatable (default: {' '.join(TOPICS)})")
     ap.add_argument("--count", type=int, default=0, help="exit after N notices (0: run until ^C)")
     args = ap.parse_args()
     pub, sub = connect(args.run_dir)
-    for t in TOPICS:
-        sub.setsockopt(zmq.SUBSCRIBE, t)
+    for t in args.topics or TOPICS:
+        sub.setsockopt(zmq.SUBSCRIBE, t.encode())
     sync(pub, sub)
     print("ready", flush=True)
     seen = 0

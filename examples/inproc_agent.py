@@ -4,12 +4,16 @@ Run it: ``python examples/inproc_agent.py`` starts a node bundle with this agent
 a temporary run dir, plays the link and prober agents by publishing a few
 notices, prints what the counter published, and stops.
 
-In a node config it is listed as::
+In a node config it is listed as (``examples/node.toml``)::
 
     [[agents]]
     name = "peer-counter"
     class = "inproc_agent:PeerCounter"     # module must be importable (PYTHONPATH)
     options = { summary_every = 5.0 }
+
+and a real node runs it with
+``PYTHONPATH=examples sporenet up --config examples/node.toml`` (examples/README.md,
+"Against a real node").
 
 The split is the project's: ``CountingProtocol`` is sans-IO (events and ``now``
 in, actions out; tested without threads), ``PeerCounter`` is the thin agent.

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .api_client import ApiClient
 from .keyfile import generate_identity, write_key_file
@@ -82,7 +82,9 @@ class LocalMesh:
         self.nodes: dict[str, LocalNode] = {}
 
     def start_node(self, name: str, peers: list[str] = (), *, extra_args: tuple[str, ...] = (),
-                   timeout: float = 20.0) -> LocalNode:
+                   env: Mapping[str, str] | None = None, timeout: float = 20.0) -> LocalNode:
+        """Start ``sporenet up`` as ``name``; ``env`` is added to ``os.environ`` for it
+        (e.g. ``PYTHONPATH`` so a custom agent in ``[[agents]]`` is importable)."""
         run_dir = self.base_dir / name
         run_dir.mkdir(parents=True, exist_ok=True)
         key_file = run_dir / "node.key"
@@ -96,7 +98,7 @@ class LocalMesh:
             args += ["--peer", p]
         args += list(self.extra_args) + list(extra_args)
         log_path = run_dir / "node.log"
-        env = dict(os.environ, SPORENET_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+        env = {**os.environ, "SPORENET_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL)
