@@ -148,6 +148,10 @@ class LinkTable:
     def connections(self) -> int:
         return len(self._conns)
 
+    def bridging(self) -> set[bytes]:
+        """Peers whose link the peer closed as a duplicate, its successor still handshaking."""
+        return set(self._bridge_until)
+
     # -- inputs ---------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Action]:

@@ -39,6 +39,7 @@ class LinkManager:
         self._dialing: dict[Hashable, str] = {}  # outbound conn -> configured endpoint
         self._pending: set[str] = set()         # dials not yet resolved
         self._up: set[str] = set()
+        self._via: dict[str, bytes] = {}        # endpoint in _up -> node id reached through it
         self._counters: dict[str, int] = dict(self.table.counters)
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -81,12 +82,18 @@ class LinkManager:
         return actions + self._reconcile(now)
 
     def _reconcile(self, now: float) -> list[Action]:
-        reachable = set()
+        reachable: dict[str, bytes] = {}
         for p in self.table.peers():
-            reachable.add(p.listen_endpoint)
+            reachable[p.listen_endpoint] = p.node_id
             if p.outbound:
-                reachable.add(p.endpoint)
+                reachable[p.endpoint] = p.node_id
+        # A peer that closed our link as a duplicate is still reached through the link it
+        # kept, which is handshaking here: no redial while the table waits for it.
+        for nid in self.table.bridging():
+            reachable.update((ep, nid) for ep, via in self._via.items() if via == nid)
         for ep in self.dialer.endpoints:
+            if ep in reachable:
+                self._via[ep] = reachable[ep]
             if ep in reachable and ep not in self._up:
                 self._up.add(ep)
                 self._pending.discard(ep)
