@@ -13,7 +13,7 @@ import random
 from typing import Any, Callable
 
 from sporenet.protocols import wire
-from sporenet.protocols.base import Action
+from sporenet.protocols.base import Publish
 from sporenet.protocols.dialer import Dial
 from sporenet.protocols.errors import DecodeError
 from sporenet.protocols.link import (BytesReceived, CloseConnection, ConnectionLost,
@@ -123,8 +123,14 @@ class LinkAgent(ProtocolAgent):
     def _close(self, a: CloseConnection) -> None:
         self.log.info("link_closed", conn=a.conn, code=int(a.code), reason=a.reason)
         self._carrier.close(a.conn, a.reason)
-        if "malformed" in a.reason or int(a.code) in (CloseCode.AUTH_FAILED, CloseCode.PROTOCOL_ERROR):
+
+    def do_publish(self, action: Publish) -> None:
+        if isinstance(action.message, LinkCounters):
+            # The table counts what it refused; the carrier counts streams that
+            # never framed. Subscribers get both in one notice.
             self.publish(LinkCounters(self._counters()))
+        else:
+            super().do_publish(action)
 
     def _deliver(self, a: DeliverFrame) -> None:
         self.publish(LinkFrameIn(a.node_id, wire.encode_frame(a.msg), getattr(self, "_rx_time", 0.0)))
