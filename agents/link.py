@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from sporenet.protocols import wire
@@ -19,7 +20,7 @@ from sporenet.protocols.errors import DecodeError
 from sporenet.protocols.link import (BytesReceived, CloseConnection, ConnectionLost,
                                      ConnectionOpened, DeliverFrame, SendFrame)
 from sporenet.protocols.link_manager import DialFailed, LinkManager
-from sporenet.protocols.messages import CloseCode
+from sporenet.protocols.messages import CloseCode, Probe, ProbeAck
 from sporenet.protocols.notices import (AgentStateChanged, LinkCounters, LinkDead, LinkFrameIn,
                                         LinkFrameOut, LinkListening, PeerUp)
 from sporenet.transports import carrier as ev
@@ -27,6 +28,17 @@ from sporenet.transports.errors import TransportClosed
 from sporenet.transports.tcp import TcpCarrier
 
 from .base import ProtocolAgent
+
+
+_MAX_PROBE_OFFSETS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamped:
+    """A carrier event with the monotonic time the carrier thread handed it over."""
+
+    at: float
+    event: Any
 
 
 class GetLinkInfo:
@@ -38,7 +50,11 @@ class LinkAgent(ProtocolAgent):
 
     def make_protocol(self) -> LinkManager:
         identity = self.options["identity"]
-        self._carrier = TcpCarrier(self.actor_ref.tell, name="tcp")
+        ref, clock = self.actor_ref, self.clock
+        self._carrier = TcpCarrier(lambda e: ref.tell(_Stamped(clock.now(), e)), name="tcp")
+        self._rx_time = 0.0
+        # (peer, probe seq) -> how long the probe waited on the bus before it left.
+        self._probe_delays: dict[tuple[bytes, int], float] = {}
         self._listening = tuple(self._carrier.listen(ep) for ep in self.options.get("listen", ()))
         return LinkManager(identity, peers=list(self.options.get("peers", ())),
                            rng=random.Random(os.urandom(16)), now=self.clock.now(),
@@ -54,12 +70,13 @@ class LinkAgent(ProtocolAgent):
         self.publish(LinkListening(self._listening))
 
     def on_message(self, message: Any) -> None:  # carrier events, from its I/O thread
-        now = self.clock.now()
-        match message:
+        if not isinstance(message, _Stamped):
+            return super().on_message(message)
+        match message.event:
             case ev.Connected(conn_id=c, outbound=o, remote=r):
                 self.feed(ConnectionOpened(c, o, r, os.urandom(16)))
             case ev.FrameReceived(conn_id=c, frame=f):
-                self._rx_time = now
+                self._rx_time = message.at
                 self.feed(BytesReceived(c, f))
             case ev.Disconnected(conn_id=c, reason=r, broken=broken):
                 self.feed(ConnectionLost(c, r))
@@ -68,8 +85,8 @@ class LinkAgent(ProtocolAgent):
             case ev.DialFailed(endpoint=ep, reason=r):
                 self.log.info("dial_failed", endpoint=ep, reason=r)
                 self.feed(DialFailed(ep, r))
-            case _:
-                super().on_message(message)
+            case other:
+                super().on_message(other)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, GetLinkInfo):
@@ -80,12 +97,16 @@ class LinkAgent(ProtocolAgent):
         lm: LinkManager = self.protocol
         now = self.clock.now()
         match notice:
-            case LinkFrameOut(node_id=nid, frame=frame):
+            case LinkFrameOut(node_id=nid, frame=frame, sent_at=sent_at):
                 try:
                     msg = wire.decode_frame(frame)
                 except DecodeError as e:
                     self.log.warning("bad_frame_from_agent", error=str(e))
                     return
+                if isinstance(msg, Probe) and 0 < sent_at <= now:
+                    if len(self._probe_delays) >= _MAX_PROBE_OFFSETS:
+                        self._probe_delays.pop(next(iter(self._probe_delays)))
+                    self._probe_delays[(nid, msg.seq)] = now - sent_at
                 self.execute(lm.after(lm.table.send_to(nid, msg), now))
             case LinkDead(node_id=nid, reason=reason):
                 self.log.info("link_dead", peer=nid[:4].hex(), reason=reason)
@@ -133,7 +154,10 @@ class LinkAgent(ProtocolAgent):
             super().do_publish(action)
 
     def _deliver(self, a: DeliverFrame) -> None:
-        self.publish(LinkFrameIn(a.node_id, wire.encode_frame(a.msg), getattr(self, "_rx_time", 0.0)))
+        rx = self._rx_time
+        if isinstance(a.msg, ProbeAck):  # time the round trip from when the probe left
+            rx -= self._probe_delays.pop((a.node_id, a.msg.seq), 0.0)
+        self.publish(LinkFrameIn(a.node_id, wire.encode_frame(a.msg), rx))
 
     def on_stop(self) -> None:
         if self.protocol is not None:

@@ -53,7 +53,7 @@ class ProberAgent(ProtocolAgent):
                 self._rearm()
 
     def _send(self, a: SendToPeer) -> None:
-        self.publish(LinkFrameOut(a.node_id, wire.encode_frame(a.msg)))
+        self.publish(LinkFrameOut(a.node_id, wire.encode_frame(a.msg), self.clock.now()))
 
     def _dead(self, a: DeclareDead) -> None:
         self.log.info("link_declared_dead", peer=a.node_id[:4].hex(), reason=a.reason)

@@ -103,11 +103,16 @@ class LinkFrameIn(Notice):
 
 @dataclass(frozen=True, slots=True)
 class LinkFrameOut(Notice):
-    """Ask the link agent to send a control frame to a peer."""
+    """Ask the link agent to send a control frame to a peer.
+
+    ``sent_at`` (the sender's monotonic clock, 0 if unknown) lets the link agent
+    subtract the bus hop from a probe's round trip.
+    """
 
     TOPIC: ClassVar[str] = "link.tx"
     node_id: bytes
     frame: bytes
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
