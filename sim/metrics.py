@@ -296,3 +296,55 @@ def settle_time(timeline: Sequence[tuple[float, float]], after: float, *,
         else:
             settled = None
     return None if settled is None else settled - after
+
+
+@dataclass(frozen=True, slots=True)
+class LocalitySample:
+    """Same-region pairs joined inside their region, and how many of their chains leave it."""
+
+    pairs: int
+    left_region: int  # chains that reach dst but pass through another region
+    unreachable: int
+
+
+def region_locality(next_hop: NextHop, topology: Topology, *,
+                    nodes: Sequence[int] | None = None) -> LocalitySample:
+    """DESIGN.md §5 locality: for pairs of one region with a path inside the region,
+    count chains that leave the region (anchors §5 goal: zero)."""
+    alive = set(range(topology.n) if nodes is None else nodes)
+    region = [p.region for p in topology.places]
+    comp = _region_components(topology, alive)
+    pairs = left = unreachable = 0
+    for dst in sorted(alive):
+        if region[dst] is None:
+            continue
+        home = region[dst]
+        members = [u for u in sorted(alive) if region[u] == home]
+        walk = walk_destination(next_hop, dst, members,
+                                lambda u, v: None if topology.link(u, v) is None
+                                else (0.0 if region[v] == home else 1.0))
+        for src in members:
+            if src == dst or comp[src] != comp[dst]:
+                continue
+            pairs += 1
+            got = walk.latency[src]
+            unreachable += math.isinf(got)
+            left += 0.0 < got < INF
+    return LocalitySample(pairs, left, unreachable)
+
+
+def _region_components(topology: Topology, alive: set[int]) -> list[int]:
+    """A component label per node, over the links whose ends share a region and are alive."""
+    label = list(range(topology.n))
+
+    def find(x: int) -> int:
+        while label[x] != x:
+            label[x] = label[label[x]]
+            x = label[x]
+        return x
+
+    for l in topology.links:
+        pa, pb = topology.places[l.a].region, topology.places[l.b].region
+        if pa is not None and pa == pb and l.a in alive and l.b in alive:
+            label[find(l.a)] = find(l.b)
+    return [find(i) for i in range(topology.n)]

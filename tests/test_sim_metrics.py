@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from sporenet.sim.metrics import (Loop, find_loops, follow_path, path_latency, percentiles,
-                                  sample_routing, settle_time, shortest_paths, stretch, walk_destination)
+from sporenet.sim.metrics import (LocalitySample, Loop, find_loops, follow_path, path_latency, percentiles,
+                                  region_locality, sample_routing, settle_time, shortest_paths, stretch,
+                                  walk_destination)
 from sporenet.sim.report import RoutingReport
 from sporenet.sim.topology import Link, Place, Topology, geographic, grid, ring
 
@@ -163,3 +164,23 @@ def test_report_plots_with_no_data(tmp_path):
     assert rep.convergence_s is None and rep.reachability == 0.0
     assert all(p.exists() for p in rep.plot(tmp_path))
     json.loads(rep.to_json(detail=True))
+
+
+def test_region_locality_counts_chains_that_leave_their_region():
+    # 0,1,2 in "eu" on a line; 3 in "na" bridges 0 and 2 with cheaper links.
+    places = [Place(region="eu")] * 3 + [Place(region="na")]
+    t = Topology("loc", places, [Link(0, 1, 0.010, 0.010), Link(1, 2, 0.010, 0.010),
+                                 Link(0, 3, 0.001, 0.001), Link(3, 2, 0.001, 0.001)])
+    sp = shortest_paths(t)
+    assert sp.path(0, 2) == [0, 3, 2]
+    truth = region_locality(sp.next_hop, t)
+    assert truth.pairs == 6 and truth.left_region == 2 and truth.unreachable == 0  # 0<->2 via na
+    local = {(0, 2): 1, (2, 0): 1}
+
+    def hop(u, d):
+        return local.get((u, d), sp.next_hop(u, d))
+
+    assert region_locality(hop, t) == LocalitySample(6, 0, 0)
+    geo = geographic(300, 6, random.Random(9))
+    s = region_locality(shortest_paths(geo).next_hop, geo)
+    assert s.pairs > 0 and s.unreachable == 0 and s.left_region < s.pairs
