@@ -1,0 +1,440 @@
+"""Overlay router: Babel (RFC 8966) over one /64 per node, origin-signed updates.
+
+Driven by ``handle(event, now)`` with the events of ``route_table.py`` and by
+``on_timer(now)`` at ``next_deadline()``. Emits ``SendToNeighbour`` and
+``Publish(RoutesChanged)``; ``fib()`` is the forwarding snapshot.
+
+Rules (each has a unit test in ``tests/test_router.py``):
+- Destinations are origins (node ids); the prefix is ``identity.subnet_of(origin_pub)``.
+  An update is accepted only with a valid origin signature over
+  ``(origin_pub, seqno, region)``; otherwise it is dropped and counted
+  (``bad_signature``), the table untouched.
+- Metric = sum of link costs (``LinkCostChanged``, rounded, at least 1; a neighbour
+  not yet measured costs ``default_cost``), capped below infinity (0xFFFF).
+- Feasibility (RFC 8966 §3.5.1, ``route_table.feasible``) against the source table
+  ``origin -> (seqno, feasibility distance)``, which is updated whenever we advertise a
+  route (newer seqno resets, equal seqno takes the minimum). Infeasible routes are
+  kept (and shown by ``explain``) but never selected: so no transient loops.
+- Selection among usable feasible routes: locality tier first, then metric, with
+  hysteresis: a selected route is replaced by a feasible one of the same tier only if
+  that is better by more than ``max(hysteresis_frac * metric, hysteresis_min)``.
+- Locality: an update's ``crossed`` flag, set by a sender when it or any node before
+  it on the path is in a region other than the origin's signed region. When our
+  region is non-empty and equals the destination's region, a route received with
+  ``crossed`` clear is preferred over any crossed route whatever the metric. With an
+  empty own region plain metric applies. (The flag is per hop and not signed: a
+  malicious relay can lie about it, as about the metric.)
+- Losing the selected route with no feasible alternative: we send a retraction
+  (metric infinity, the origin's signature for the route's seqno) to every neighbour,
+  and, if a source entry exists, a ``SeqnoRequest(origin, fd seqno + 1)`` to every
+  neighbour (starvation recovery, §3.8), at most once per ``update_interval`` per origin.
+- Updates: a full dump (own route and every selected route) to every neighbour every
+  ``update_interval`` (each gap x U(0.9, 1.1) from ``rng``), to a new neighbour at
+  once, and on ``RouteRequest``; triggered updates to all neighbours when a route is
+  gained or lost, its seqno changes, or its metric moves by more than the hysteresis
+  margin from what we last advertised.
+- A route not refreshed for ``hold_time`` expires (unusable, kept another
+  ``hold_time`` for ``explain``, then removed).
+- Own route: metric 0, our seqno (random start from ``rng``). A ``SeqnoRequest`` for
+  us with a seqno newer than or equal to ours raises it to at least that (+1 if
+  equal) and triggers an update. A request for another origin is answered if our
+  selected route's seqno is new enough, else forwarded (hop count - 1) to the
+  selected next hop, or the best usable route's neighbour, once per (origin, seqno)
+  per ``update_interval``.
+- Table bounded at ``max_routes`` destinations: a new origin evicts the destination
+  with the worst best metric if the new one is better, else is dropped (``table_full``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .base import Action, Event, Publish
+from .errors import LocalProtocolError, RemoteProtocolError
+from .identity import Identity, address_of, node_id_of, verify_signature
+from .route_table import (Destination, Fib, FrameFromNeighbour, LinkCostChanged, NeighbourDown,
+                          NeighbourUp, Route, RoutesChanged, SendToNeighbour, feasible,
+                          metric_plus)
+from .routing_messages import (FLAG_CROSSED, INFINITY, SEQNO_MOD, RouteRequest, RouteUpdate,
+                               SeqnoRequest, route_transcript, seqno_ge, seqno_newer)
+
+DEFAULT_COST = 100  # an unmeasured link: 100 ms, pessimistic until the prober reports
+REQUEST_HOPS = 16
+SOURCE_GC_TIME = 180.0  # RFC 8966 Appendix B: source entries live 3 minutes unused
+
+
+class Router:
+    """Babel-style distance-vector router; see the module docstring."""
+
+    def __init__(self, identity: Identity, *, rng: random.Random, now: float, region: str = "",
+                 update_interval: float = 4.0, hold_time: float | None = None,
+                 max_routes: int = 4096, default_cost: int = DEFAULT_COST,
+                 hysteresis_frac: float = 0.05, hysteresis_min: int = 2) -> None:
+        if update_interval <= 0 or max_routes < 1:
+            raise LocalProtocolError("update_interval must be > 0 and max_routes >= 1")
+        self._id = identity
+        self.node_id = identity.node_id
+        self._rng = rng
+        self.region = region
+        self.update_interval = update_interval
+        self.hold_time = 3.5 * update_interval if hold_time is None else hold_time
+        self.max_routes = max_routes
+        self.default_cost = default_cost
+        self.hysteresis_frac = hysteresis_frac
+        self.hysteresis_min = hysteresis_min
+        self._seqno = rng.getrandbits(16)
+        self._own_sig = (self._seqno, identity.sign(route_transcript(identity.public_key,
+                                                                      self._seqno, region)))
+        self._neighbours: dict[bytes, int] = {}  # node id -> link cost
+        self._dests: dict[bytes, Destination] = {}
+        self._sources: dict[bytes, tuple[int, int, float]] = {}  # origin -> seqno, fd, used
+        self._forwarded: dict[tuple[bytes, int], float] = {}
+        self._now = now
+        self._next_update = now + self._gap()
+        self._fib = Fib({}, 0)
+        self._fib_dirty: dict[bytes, str] = {}  # origin -> reason, pending this call
+        self._counters = dict.fromkeys(
+            ("bad_signature", "infeasible", "unknown_neighbour", "table_full", "updates_sent",
+             "retractions_sent", "seqno_requests_sent", "seqno_requests_forwarded",
+             "own_seqno_bumps"), 0)
+
+    # ------------------------------------------------------------------ public view
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    @property
+    def seqno(self) -> int:
+        return self._seqno
+
+    def fib(self) -> Fib:
+        return self._fib
+
+    def source(self, origin: bytes) -> tuple[int, int] | None:
+        s = self._sources.get(origin)
+        return None if s is None else (s[0], s[1])
+
+    def routes(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = self._now if now is None else now
+        rows = []
+        for origin, dest in self._dests.items():
+            for nb, r in dest.routes.items():
+                rows.append({"destination": origin.hex(), "address": str(address_of(dest.origin_pub)),
+                             "next_hop": nb.hex(), "metric": r.metric, "seqno": r.seqno,
+                             "age": now - r.updated, "region": r.region, "crossed": r.crossed,
+                             "feasible": self._feasible(origin, r),
+                             "selected": dest.selected == nb})
+        return rows
+
+    def explain(self, dst: bytes) -> dict[str, Any]:
+        dest = self._dests.get(dst)
+        out: dict[str, Any] = {"destination": dst.hex(), "selected": None, "alternatives": [],
+                               "last_change": None, "reason": None}
+        if dest is None:
+            out["reason"] = "no route"
+            return out
+        out["last_change"], out["reason"] = dest.last_change, dest.last_reason
+        sel = dest.routes.get(dest.selected) if dest.selected else None
+        if sel is not None:
+            out["selected"] = self._row(sel)
+        for nb, r in dest.routes.items():
+            if r is sel:
+                continue
+            row = self._row(r)
+            row["ruled_out"] = self._ruled_out(dst, r, sel)
+            out["alternatives"].append(row)
+        return out
+
+    def _row(self, r: Route) -> dict[str, Any]:
+        return {"next_hop": r.neighbour.hex(), "metric": r.metric, "seqno": r.seqno,
+                "region": r.region, "crossed": r.crossed}
+
+    def _ruled_out(self, origin: bytes, r: Route, sel: Route | None) -> str:
+        if r.expired:
+            return "expired"
+        if r.metric >= INFINITY:
+            return "retracted"
+        if not self._feasible(origin, r):
+            return "infeasible"
+        if sel is not None and self._tier(r) > self._tier(sel):
+            return "locality"
+        if sel is not None and r.metric < sel.metric:
+            return "hysteresis"
+        return "worse metric"
+
+    # ------------------------------------------------------------------ driving
+    def handle(self, event: Event, now: float) -> list[Action]:
+        self._now = now
+        match event:
+            case FrameFromNeighbour(node_id=nb) if nb not in self._neighbours:
+                self._counters["unknown_neighbour"] += 1
+                actions: list[Action] = []
+            case FrameFromNeighbour(node_id=nb, msg=RouteUpdate() as upd):
+                actions = self._on_update(nb, upd, now)
+            case FrameFromNeighbour(node_id=nb, msg=SeqnoRequest() as req):
+                actions = self._on_request(nb, req, now)
+            case FrameFromNeighbour(node_id=nb, msg=RouteRequest()):
+                actions = self._dump(nb)
+            case FrameFromNeighbour():
+                actions = []
+            case NeighbourUp(node_id=nb):
+                self._neighbours.setdefault(nb, self.default_cost)
+                actions = self._dump(nb)
+            case NeighbourDown(node_id=nb):
+                actions = self._on_down(nb, now)
+            case LinkCostChanged(node_id=nb, cost=cost):
+                actions = self._on_cost(nb, cost, now)
+            case _:
+                raise LocalProtocolError(f"Router cannot handle {type(event).__name__}")
+        return actions + self._publish()
+
+    def next_deadline(self) -> float | None:
+        t = self._next_update
+        for dest in self._dests.values():
+            for r in dest.routes.values():
+                t = min(t, r.expires + self.hold_time if r.expired else r.expires)
+        return t
+
+    def on_timer(self, now: float) -> list[Action]:
+        self._now = now
+        actions: list[Action] = []
+        for origin, dest in list(self._dests.items()):
+            changed = False
+            for nb, r in list(dest.routes.items()):
+                if r.expired and r.expires + self.hold_time <= now:
+                    del dest.routes[nb]
+                elif not r.expired and r.expires <= now:
+                    r.expired, r.metric = True, INFINITY
+                    changed = True
+            if changed or not dest.routes:
+                actions += self._reselect(origin, now, "expired")
+        if self._next_update <= now:
+            self._next_update = now + self._gap()
+            for nb in self._neighbours:
+                actions += self._dump(nb)
+            self._gc(now)
+        return actions + self._publish()
+
+    # ------------------------------------------------------------------ events
+    def _on_update(self, nb: bytes, upd: RouteUpdate, now: float) -> list[Action]:
+        origin = node_id_of(upd.origin_pub)
+        if origin == self.node_id:
+            if seqno_newer(upd.seqno, self._seqno):  # our own old announcement survived a restart
+                return self._bump_seqno((upd.seqno + 1) % SEQNO_MOD)
+            return []
+        dest = self._dests.get(origin)
+        key = (upd.seqno, upd.region, upd.signature)
+        if dest is None or dest.verified != key:
+            try:
+                verify_signature(upd.origin_pub, upd.transcript(), upd.signature)
+            except RemoteProtocolError:
+                self._counters["bad_signature"] += 1
+                return []
+        actions: list[Action] = []
+        if dest is None:
+            if upd.is_retraction:
+                return []
+            if len(self._dests) >= self.max_routes:
+                worst = max(self._dests, key=lambda o: (self._best_metric(o), o))
+                if self._best_metric(worst) <= metric_plus(upd.metric, self._neighbours[nb]):
+                    self._counters["table_full"] += 1
+                    return []
+                actions += self._evict(worst, now)
+            dest = self._dests[origin] = Destination(upd.origin_pub)
+        dest.verified = key
+        cost = self._neighbours[nb]
+        dest.routes[nb] = r = Route(nb, upd.seqno, upd.metric, metric_plus(upd.metric, cost),
+                                    upd.region, upd.crossed, upd.signature, now,
+                                    now + self.hold_time)
+        if not self._feasible(origin, r):
+            self._counters["infeasible"] += 1
+            actions += self._request_if_better(origin, dest, r, now)
+        reason = "retraction" if upd.is_retraction else "update"
+        return actions + self._reselect(origin, now, f"{reason} from {nb[:4].hex()}")
+
+    def _on_request(self, nb: bytes, req: SeqnoRequest, now: float) -> list[Action]:
+        if req.origin == self.node_id:
+            if not seqno_ge(req.seqno, self._seqno):
+                return []
+            new = (self._seqno + 1) % SEQNO_MOD
+            return self._bump_seqno(req.seqno if seqno_newer(req.seqno, new) else new)
+        dest = self._dests.get(req.origin)
+        if dest is None:
+            return []
+        sel = dest.routes.get(dest.selected) if dest.selected else None
+        if sel is not None and seqno_ge(sel.seqno, req.seqno):
+            return [self._send(nb, self._update_for(req.origin, dest, sel))]
+        if req.hop_count < 2:
+            return []
+        usable = [r for r in dest.routes.values() if r.usable and r.neighbour != nb]
+        target = sel if sel is not None and sel.neighbour != nb else (
+            min(usable, key=lambda r: (r.metric, r.neighbour)) if usable else None)
+        last = self._forwarded.get((req.origin, req.seqno))
+        if target is None or (last is not None and now - last < self.update_interval):
+            return []
+        self._forwarded[(req.origin, req.seqno)] = now
+        self._counters["seqno_requests_forwarded"] += 1
+        return [SendToNeighbour(target.neighbour,
+                                SeqnoRequest(req.origin, req.seqno, req.hop_count - 1))]
+
+    def _on_down(self, nb: bytes, now: float) -> list[Action]:
+        if self._neighbours.pop(nb, None) is None:
+            return []
+        actions: list[Action] = []
+        for origin, dest in list(self._dests.items()):
+            if dest.routes.pop(nb, None) is not None:
+                actions += self._reselect(origin, now, f"neighbour {nb[:4].hex()} down")
+        return actions
+
+    def _on_cost(self, nb: bytes, cost: float, now: float) -> list[Action]:
+        if nb not in self._neighbours:
+            return []
+        c = max(1, min(int(round(cost)), INFINITY - 1))
+        if c == self._neighbours[nb]:
+            return []
+        self._neighbours[nb] = c
+        actions: list[Action] = []
+        for origin, dest in list(self._dests.items()):
+            r = dest.routes.get(nb)
+            if r is not None and not r.expired:
+                r.metric = metric_plus(r.advertised, c)
+                actions += self._reselect(origin, now, f"link cost to {nb[:4].hex()} now {c}")
+        return actions
+
+    # ------------------------------------------------------------------ selection
+    def _feasible(self, origin: bytes, r: Route) -> bool:
+        return feasible(self.source(origin), r.seqno, r.advertised)
+
+    def _tier(self, r: Route) -> int:
+        return 0 if self.region and r.region == self.region and not r.crossed else 1
+
+    def _margin(self, metric: int) -> float:
+        return max(metric * self.hysteresis_frac, self.hysteresis_min)
+
+    def _best_metric(self, origin: bytes) -> int:
+        return min((r.metric for r in self._dests[origin].routes.values() if r.usable),
+                   default=INFINITY)
+
+    def _reselect(self, origin: bytes, now: float, reason: str) -> list[Action]:
+        dest = self._dests[origin]
+        cands = [r for r in dest.routes.values() if r.usable and self._feasible(origin, r)]
+        cur = dest.routes.get(dest.selected) if dest.selected else None
+        if cur is not None and cur not in cands:
+            cur = None
+        new = min(cands, key=lambda r: (self._tier(r), r.metric, r.neighbour), default=None)
+        if cur is not None and new is not None and new is not cur:
+            if self._tier(new) == self._tier(cur) and new.metric >= cur.metric - self._margin(cur.metric):
+                new = cur  # hysteresis: not better by enough
+        old_hop = dest.selected
+        dest.selected = None if new is None else new.neighbour
+        if dest.selected != old_hop:
+            dest.last_change, dest.last_reason = now, reason
+            self._fib_dirty[origin] = reason
+        actions: list[Action] = []
+        if new is not None:
+            adv = dest.advertised
+            if (adv is None or adv[0] != new.seqno
+                    or abs(new.metric - adv[1]) > self._margin(adv[1])):
+                actions += self._to_all(self._update_for(origin, dest, new))
+        else:
+            if dest.advertised is not None:
+                dest.advertised = None
+                signed = max(dest.routes.values(), key=lambda r: r.updated, default=None)
+                if signed is not None:
+                    self._counters["retractions_sent"] += len(self._neighbours)
+                    actions += self._to_all(RouteUpdate(dest.origin_pub, signed.seqno, INFINITY,
+                                                        signed.region, 0, signed.signature))
+            src = self._sources.get(origin)
+            if (src is not None and dest.routes
+                    and now - dest.last_request >= self.update_interval):
+                dest.last_request = now
+                req = SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS)
+                self._counters["seqno_requests_sent"] += len(self._neighbours)
+                actions += [SendToNeighbour(nb, req) for nb in self._neighbours]
+            if not dest.routes:
+                del self._dests[origin]
+        return actions
+
+    def _request_if_better(self, origin: bytes, dest: Destination, r: Route,
+                           now: float) -> list[Action]:
+        """RFC 8966 §3.8.2.2: an infeasible route that would beat the selected one asks
+        its neighbour for a newer seqno (with none selected, ``_reselect`` asks all)."""
+        cur = dest.routes.get(dest.selected) if dest.selected else None
+        src = self._sources.get(origin)
+        if (cur is None or src is None or not r.usable
+                or (self._tier(r), r.metric) >= (self._tier(cur), cur.metric)
+                or now - dest.last_request < self.update_interval):
+            return []
+        dest.last_request = now
+        self._counters["seqno_requests_sent"] += 1
+        return [SendToNeighbour(r.neighbour,
+                                SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS))]
+
+    def _evict(self, origin: bytes, now: float) -> list[Action]:
+        dest = self._dests[origin]
+        dest.routes.clear()
+        return self._reselect(origin, now, "evicted: table full")
+
+    # ------------------------------------------------------------------ sending
+    def _update_for(self, origin: bytes, dest: Destination, r: Route) -> RouteUpdate:
+        """An update for a selected route; records it in the source table (FD)."""
+        src = self._sources.get(origin)
+        if src is None or seqno_newer(r.seqno, src[0]):
+            self._sources[origin] = (r.seqno, r.metric, self._now)
+        elif r.seqno == src[0]:
+            self._sources[origin] = (r.seqno, min(r.metric, src[1]), self._now)
+        dest.advertised = (r.seqno, r.metric)
+        flags = FLAG_CROSSED if r.crossed or r.region != self.region else 0
+        return RouteUpdate(dest.origin_pub, r.seqno, r.metric, r.region, flags, r.signature)
+
+    def _own_update(self) -> RouteUpdate:
+        if self._own_sig[0] != self._seqno:
+            self._own_sig = (self._seqno, self._id.sign(
+                route_transcript(self._id.public_key, self._seqno, self.region)))
+        return RouteUpdate(self._id.public_key, self._seqno, 0, self.region, 0, self._own_sig[1])
+
+    def _bump_seqno(self, seqno: int) -> list[Action]:
+        self._seqno = seqno
+        self._counters["own_seqno_bumps"] += 1
+        return self._to_all(self._own_update())
+
+    def _send(self, nb: bytes, msg: RouteUpdate) -> SendToNeighbour:
+        self._counters["updates_sent"] += 1
+        return SendToNeighbour(nb, msg)
+
+    def _to_all(self, msg: RouteUpdate) -> list[Action]:
+        return [self._send(nb, msg) for nb in self._neighbours]
+
+    def _dump(self, nb: bytes) -> list[Action]:
+        out: list[Action] = [self._send(nb, self._own_update())]
+        for origin, dest in self._dests.items():
+            sel = dest.routes.get(dest.selected) if dest.selected else None
+            if sel is not None:
+                out.append(self._send(nb, self._update_for(origin, dest, sel)))
+        return out
+
+    def _publish(self) -> list[Action]:
+        if not self._fib_dirty:
+            return []
+        old = self._fib
+        new = {o: d.selected for o, d in self._dests.items() if d.selected is not None}
+        self._fib_dirty.clear()
+        if new == dict(old):
+            return []
+        self._fib = Fib(new, old.version + 1)
+        added = tuple(o for o in new if o not in old)
+        removed = tuple(o for o in old if o not in new)
+        changed = tuple(o for o in new if o in old and old[o] != new[o])
+        return [Publish(RoutesChanged(self._fib.version, len(new), added, removed, changed))]
+
+    def _gap(self) -> float:
+        return self.update_interval * self._rng.uniform(0.9, 1.1)
+
+    def _gc(self, now: float) -> None:
+        for origin, (_, _, used) in list(self._sources.items()):
+            if origin not in self._dests and now - used > SOURCE_GC_TIME:
+                del self._sources[origin]
+        for key, t in list(self._forwarded.items()):
+            if now - t > self.hold_time:
+                del self._forwarded[key]

@@ -1,0 +1,491 @@
+"""Router: each rule driven by hand (hand-advanced now), then small networks in a pump."""
+
+import heapq
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sporenet.protocols import wire
+from sporenet.protocols.base import Publish
+from sporenet.protocols.identity import Identity
+from sporenet.protocols.route_table import (Fib, FrameFromNeighbour, LinkCostChanged,
+                                            NeighbourDown, NeighbourUp, RoutesChanged,
+                                            SendToNeighbour, feasible)
+from sporenet.protocols.router import Router
+from sporenet.protocols.routing_messages import (INFINITY, RouteRequest, RouteUpdate,
+                                                 SeqnoRequest, route_transcript)
+
+ME, A, B, C, O, O2, O3, EVIL = (Identity(bytes([i]) * 32) for i in range(1, 9))
+
+
+def signed(origin, seqno, metric, region="", flags=0, signer=None):
+    sig = (signer or origin).sign(route_transcript(origin.public_key, seqno, region))
+    return RouteUpdate(origin.public_key, seqno, metric, region, flags, sig)
+
+
+def make(region="", neighbours=((A, 10), (B, 10)), **kw):
+    r = Router(ME, rng=random.Random(1), now=0.0, region=region, **kw)
+    for ident, cost in neighbours:
+        r.handle(NeighbourUp(ident.node_id, ident.public_key), 0.0)
+        r.handle(LinkCostChanged(ident.node_id, cost), 0.0)
+    return r
+
+
+def feed(r, nb, msg, now=0.0):
+    return r.handle(FrameFromNeighbour(nb.node_id, msg), now)
+
+
+def sends(actions, kind=RouteUpdate):
+    return [(a.node_id, a.msg) for a in actions
+            if isinstance(a, SendToNeighbour) and isinstance(a.msg, kind)]
+
+
+def notices(actions):
+    return [a.message for a in actions if isinstance(a, Publish)]
+
+
+# ---------------------------------------------------------------- basics, signatures
+def test_signed_update_installs_route_and_triggers_update():
+    r = make()
+    acts = feed(r, A, signed(O, 7, 5))
+    assert dict(r.fib()) == {O.node_id: A.node_id}
+    out = sends(acts)
+    assert {nb for nb, _ in out} == {A.node_id, B.node_id}
+    assert all(m.metric == 15 and m.seqno == 7 and m.origin_pub == O.public_key for _, m in out)
+    [n] = notices(acts)
+    assert isinstance(n, RoutesChanged) and n.added == (O.node_id,) and n.version == r.fib().version
+    assert r.source(O.node_id) == (7, 15)  # advertising set the feasibility distance
+
+
+@pytest.mark.parametrize("forged", [
+    lambda: signed(O, 7, 5, signer=EVIL),                                   # other key signs
+    lambda: RouteUpdate(O.public_key, 8, 5, "", 0, signed(O, 7, 5).signature),  # seqno changed
+    lambda: RouteUpdate(O.public_key, 7, 5, "eu", 0, signed(O, 7, 5).signature),  # region changed
+    lambda: RouteUpdate(EVIL.public_key, 7, 5, "", 0, signed(O, 7, 5).signature),  # origin swapped
+    lambda: RouteUpdate(O.public_key, 7, INFINITY, "", 0, signed(O, 7, 5, signer=EVIL).signature),
+])
+def test_forged_updates_are_rejected_counted_and_change_nothing(forged):
+    r = make()
+    feed(r, A, signed(O, 7, 5))
+    before_rows, before_fib = r.routes(), r.fib()
+    assert feed(r, B, forged()) == []
+    assert r.counters["bad_signature"] == 1
+    assert r.routes() == before_rows and r.fib() is before_fib
+
+
+def test_metric_and_flags_are_not_signed_so_relays_may_change_them():
+    r = make()
+    feed(r, A, signed(O, 7, 5))
+    upd = signed(O, 7, 5)
+    relayed = RouteUpdate(O.public_key, 7, 40, "", 1, upd.signature)
+    feed(r, B, relayed)
+    assert r.counters["bad_signature"] == 0 and len(r.routes()) == 2
+
+
+def test_frames_from_unknown_neighbours_are_ignored_and_counted():
+    r = make()
+    assert feed(r, C, signed(O, 1, 1)) == [] and r.counters["unknown_neighbour"] == 1
+    assert r.fib() == {}
+
+
+def test_own_route_is_announced_to_a_new_neighbour():
+    r = Router(ME, rng=random.Random(3), now=0.0)
+    out = sends(r.handle(NeighbourUp(A.node_id, A.public_key), 0.0))
+    [(nb, m)] = out
+    assert nb == A.node_id and m.origin_pub == ME.public_key and m.metric == 0
+    assert m.seqno == r.seqno
+
+
+def test_route_request_gets_a_full_dump():
+    r = make()
+    feed(r, A, signed(O, 1, 5))
+    out = sends(feed(r, B, RouteRequest()))
+    assert {m.origin_pub for _, m in out} == {ME.public_key, O.public_key}
+
+
+# ---------------------------------------------------------------- feasibility
+def test_feasibility_condition_table():
+    assert feasible(None, 5, 100)                 # no source entry
+    assert feasible((5, 10), 4, INFINITY)         # retraction
+    assert feasible((5, 10), 6, 1000)             # newer seqno
+    assert feasible((5, 10), 5, 9)                # equal seqno, metric < FD
+    assert not feasible((5, 10), 5, 10)           # equal metric is not enough
+    assert not feasible((5, 10), 4, 1)            # older seqno
+    assert feasible((0xFFFF, 10), 0, 50)          # newer across the wrap
+    assert not feasible((0, 10), 0xFFFF, 1)       # older across the wrap
+
+
+@given(st.integers(0, 0xFFFF), st.integers(1, 0x7FFF), st.integers(0, INFINITY - 1),
+       st.integers(0, INFINITY - 1))
+def test_feasibility_across_wrap_property(s, step, fd, metric):
+    newer, older = (s + step) & 0xFFFF, (s - step) & 0xFFFF
+    assert feasible((s, fd), newer, metric)
+    assert not feasible((s, fd), older, metric)
+    assert feasible((s, fd), s, metric) == (metric < fd)
+
+
+def test_infeasible_update_is_kept_not_selected_and_starvation_sends_seqno_request():
+    r = make()
+    feed(r, A, signed(O, 1, 10))                  # metric 20, FD (1, 20)
+    feed(r, B, signed(O, 1, 25))                  # advertised 25 >= FD 20: infeasible
+    assert r.counters["infeasible"] == 1
+    rows = {row["next_hop"]: row for row in r.routes()}
+    assert rows[B.node_id.hex()]["feasible"] is False and rows[A.node_id.hex()]["selected"]
+    assert r.explain(O.node_id)["alternatives"][0]["ruled_out"] == "infeasible"
+    acts = feed(r, A, signed(O, 1, INFINITY), now=1.0)   # A retracts
+    assert r.fib() == {}                                  # B stays unusable
+    retractions = sends(acts)
+    assert retractions and all(m.metric == INFINITY for _, m in retractions)
+    reqs = sends(acts, SeqnoRequest)
+    assert {nb for nb, _ in reqs} == {A.node_id, B.node_id}
+    assert all(m.origin == O.node_id and m.seqno == 2 for _, m in reqs)
+    feed(r, B, signed(O, 2, 25), now=2.0)         # the origin's newer seqno arrives via B
+    assert dict(r.fib()) == {O.node_id: B.node_id}
+
+
+def test_equal_seqno_better_metric_is_feasible():
+    r = make(neighbours=((A, 10), (B, 1)))
+    feed(r, A, signed(O, 1, 10))                  # FD 20
+    feed(r, B, signed(O, 1, 15))                  # 15 < 20: feasible, metric 16 -> switch
+    assert dict(r.fib()) == {O.node_id: B.node_id}
+
+
+# ---------------------------------------------------------------- selection, hysteresis
+def test_hysteresis_keeps_current_route_unless_clearly_better():
+    r = make(neighbours=((A, 1), (B, 1)))
+    feed(r, A, signed(O, 1, 99))                  # metric 100
+    feed(r, B, signed(O, 2, 96))                  # metric 97: 3% better, stays on A
+    assert r.fib()[O.node_id] == A.node_id
+    assert r.explain(O.node_id)["alternatives"][0]["ruled_out"] == "hysteresis"
+    feed(r, B, signed(O, 2, 90))                  # metric 91: 9% better: switch
+    assert r.fib()[O.node_id] == B.node_id
+
+
+def test_no_flapping_between_two_paths_within_a_few_percent():
+    r = make(neighbours=((A, 50), (B, 50)))
+    feed(r, A, signed(O, 1, 50))
+    feed(r, B, signed(O, 1, 49))
+    version = r.fib().version
+    rng = random.Random(5)
+    for step in range(200):
+        r.handle(LinkCostChanged(A.node_id, 50 * rng.uniform(0.98, 1.02)), step)
+        r.handle(LinkCostChanged(B.node_id, 50 * rng.uniform(0.98, 1.02)), step)
+        feed(r, A, signed(O, 1 + step // 10, 50), now=step)
+        feed(r, B, signed(O, 1 + step // 10, 49), now=step)
+    assert r.fib().version == version
+
+
+def test_a_retracted_current_route_is_replaced_without_hysteresis():
+    r = make(neighbours=((A, 1), (B, 1)))
+    feed(r, A, signed(O, 1, 9))
+    feed(r, B, signed(O, 2, 9))                   # same metric: stays A
+    assert r.fib()[O.node_id] == A.node_id
+    feed(r, A, signed(O, 1, INFINITY))
+    assert r.fib()[O.node_id] == B.node_id
+    assert r.explain(O.node_id)["alternatives"][0]["ruled_out"] == "retracted"
+
+
+def test_locality_prefers_a_route_that_never_left_the_region():
+    r = make(region="eu")
+    feed(r, A, signed(O, 1, 1, region="eu", flags=1))   # crossed, metric 11
+    acts = feed(r, B, signed(O, 1, 490, region="eu"), now=1.0)  # stayed in eu, metric 500
+    # 490 >= FD 11: infeasible for now, but it would win: ask B for a newer seqno
+    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 16))]
+    assert r.fib()[O.node_id] == A.node_id
+    feed(r, B, signed(O, 2, 490, region="eu"), now=2.0)
+    assert r.fib()[O.node_id] == B.node_id
+    feed(r, A, signed(O, 2, 1, region="eu", flags=1), now=3.0)  # cheaper but crossed
+    assert r.fib()[O.node_id] == B.node_id
+    ex = r.explain(O.node_id)
+    assert ex["selected"]["crossed"] is False and ex["alternatives"][0]["ruled_out"] == "locality"
+
+
+def test_without_a_region_plain_metric_applies():
+    r = make(region="")
+    feed(r, A, signed(O, 1, 1, region="eu", flags=1))
+    feed(r, B, signed(O, 1, 490, region="eu"))
+    assert r.fib()[O.node_id] == A.node_id
+
+
+def test_locality_only_for_destinations_in_our_region():
+    r = make(region="us")
+    feed(r, A, signed(O, 1, 1, region="eu", flags=1))
+    feed(r, B, signed(O, 1, 490, region="eu"))
+    assert r.fib()[O.node_id] == A.node_id
+
+
+@pytest.mark.parametrize("my_region,origin_region,in_flags,out_flags", [
+    ("eu", "eu", 0, 0),   # stays inside the origin's region
+    ("us", "eu", 0, 1),   # we are outside the origin's region: we set the flag
+    ("eu", "eu", 1, 1),   # crossed earlier: the flag sticks
+    ("", "", 0, 0),       # no regions at all
+])
+def test_crossed_flag_on_forwarded_updates(my_region, origin_region, in_flags, out_flags):
+    r = make(region=my_region)
+    acts = feed(r, A, signed(O, 1, 5, region=origin_region, flags=in_flags))
+    assert {m.flags for _, m in sends(acts)} == {out_flags}
+
+
+# ---------------------------------------------------------------- updates, expiry
+def test_periodic_updates_are_jittered_and_carry_own_and_selected_routes():
+    r = make(update_interval=4.0)
+    feed(r, A, signed(O, 1, 5))
+    t = r.next_deadline()
+    assert 3.6 <= t <= 4.4
+    acts = r.on_timer(t)
+    got = {(nb, m.origin_pub) for nb, m in sends(acts)}
+    assert got == {(n.node_id, o.public_key) for n in (A, B) for o in (ME, O)}
+    t2 = r.next_deadline()
+    assert 3.6 <= t2 - t <= 4.4 and t2 - t != pytest.approx(t)
+    other = Router(ME, rng=random.Random(2), now=0.0)
+    assert other.next_deadline() != pytest.approx(t)
+
+
+def test_triggered_update_only_on_significant_metric_change():
+    r = make(neighbours=((A, 100), (B, 100)))
+    feed(r, A, signed(O, 1, 100))                      # metric 200
+    assert sends(r.handle(LinkCostChanged(A.node_id, 103), 1.0)) == []   # 203: 1.5%
+    out = sends(r.handle(LinkCostChanged(A.node_id, 160), 2.0))         # 260: 30%
+    assert out and all(m.metric == 260 for _, m in out)
+
+
+def test_routes_expire_after_hold_time_and_are_retracted_then_removed():
+    r = make(update_interval=4.0)                      # hold time 14 s
+    feed(r, A, signed(O, 1, 5), now=0.0)
+    for t in (4.0, 8.0, 12.0):                         # periodic dumps; no refresh from A
+        assert O.node_id in r.fib()
+        r.on_timer(t)
+    acts = r.on_timer(14.0)
+    assert r.fib() == {}
+    assert all(m.metric == INFINITY for _, m in sends(acts) if m.origin_pub == O.public_key)
+    assert [n.removed for n in notices(acts)] == [(O.node_id,)]
+    assert r.explain(O.node_id)["alternatives"][0]["ruled_out"] == "expired"
+    r.on_timer(28.0)
+    assert r.routes() == [] and r.explain(O.node_id)["reason"] == "no route"
+
+
+def test_refreshed_route_does_not_expire():
+    r = make(update_interval=4.0)
+    for t in range(0, 40, 4):
+        feed(r, A, signed(O, 1, 5), now=float(t))
+        r.on_timer(float(t))
+    assert O.node_id in r.fib()
+
+
+def test_neighbour_down_reroutes_or_retracts():
+    r = make()
+    feed(r, A, signed(O, 1, 5))
+    feed(r, B, signed(O, 2, 50))
+    r.handle(NeighbourDown(A.node_id), 1.0)
+    assert r.fib()[O.node_id] == B.node_id
+    acts = r.handle(NeighbourDown(B.node_id), 2.0)
+    assert r.fib() == {} and notices(acts)[0].removed == (O.node_id,)
+
+
+# ---------------------------------------------------------------- seqno requests
+def test_seqno_request_for_us_bumps_our_seqno():
+    r = make()
+    s = r.seqno
+    assert feed(r, A, SeqnoRequest(ME.node_id, (s - 1) % 65536, 5)) == []  # older: ignored
+    acts = feed(r, A, SeqnoRequest(ME.node_id, s, 5))                     # equal: +1
+    assert r.seqno == (s + 1) % 65536
+    assert {(nb, m.seqno) for nb, m in sends(acts)} == {(A.node_id, r.seqno), (B.node_id, r.seqno)}
+    feed(r, A, SeqnoRequest(ME.node_id, (s + 10) % 65536, 5))             # newer: jump to it
+    assert r.seqno == (s + 10) % 65536
+
+
+def test_seqno_request_for_another_origin_is_answered_or_forwarded_once():
+    r = make()
+    feed(r, A, signed(O, 3, 5))
+    [(nb, m)] = sends(feed(r, B, SeqnoRequest(O.node_id, 3, 5)))           # we have seqno 3
+    assert nb == B.node_id and m.seqno == 3
+    [(nb, m)] = sends(feed(r, B, SeqnoRequest(O.node_id, 4, 5), 1.0), SeqnoRequest)
+    assert nb == A.node_id and m == SeqnoRequest(O.node_id, 4, 4)
+    assert feed(r, B, SeqnoRequest(O.node_id, 4, 5), 2.0) == []            # duplicate: dropped
+    assert feed(r, B, SeqnoRequest(O.node_id, 5, 1), 2.0) == []            # hop count spent
+
+
+# ---------------------------------------------------------------- table bound, views
+def test_table_is_bounded_and_drops_the_worst():
+    r = make(neighbours=((A, 1),), max_routes=2)
+    feed(r, A, signed(O, 1, 10))
+    feed(r, A, signed(O2, 1, 50))
+    feed(r, A, signed(O3, 1, 20))                      # evicts O2 (worst)
+    assert set(r.fib()) == {O.node_id, O3.node_id}
+    feed(r, A, signed(O2, 1, 500))                     # worse than all: dropped
+    assert set(r.fib()) == {O.node_id, O3.node_id} and r.counters["table_full"] == 1
+
+
+def test_fib_is_immutable_versioned_and_rebuilt_only_on_change():
+    r = make()
+    f0 = r.fib()
+    assert isinstance(f0, Fib) and f0.version == 0
+    feed(r, A, signed(O, 1, 5))
+    f1 = r.fib()
+    assert f1.version == 1 and f0 == {}
+    feed(r, A, signed(O, 1, 5), now=1.0)              # refresh, same next hop
+    assert r.fib() is f1
+    with pytest.raises(TypeError):
+        f1[O.node_id] = B.node_id
+
+
+def test_routes_rows_and_explain_fields():
+    r = make()
+    feed(r, A, signed(O, 1, 5, region="eu"), now=1.0)
+    [row] = r.routes(now=3.0)
+    assert row == {"destination": O.node_id.hex(), "address": str(O.address),
+                   "next_hop": A.node_id.hex(), "metric": 15, "seqno": 1, "age": 2.0,
+                   "region": "eu", "crossed": False, "feasible": True, "selected": True}
+    ex = r.explain(O.node_id)
+    assert ex["selected"]["next_hop"] == A.node_id.hex() and ex["last_change"] == 1.0
+    assert "update" in ex["reason"]
+
+
+# ---------------------------------------------------------------- networks
+class Net:
+    """Routers over a graph; frames are encoded, decoded and delivered after ``delay``."""
+
+    def __init__(self, n, seed=0, delay=0.005, **kw):
+        self.ids = [Identity(bytes([100 + i]) * 32) for i in range(n)]
+        self.rng = random.Random(seed)
+        self.routers = [Router(ident, rng=random.Random(seed * 1000 + i), now=0.0, **kw)
+                        for i, ident in enumerate(self.ids)]
+        self.index = {ident.node_id: i for i, ident in enumerate(self.ids)}
+        self.links: dict[frozenset, float] = {}
+        self.queue: list = []
+        self.seq = 0
+        self.now = 0.0
+        self.delay = delay
+        self.on_step = None
+
+    def _run(self, i, actions):
+        for a in actions:
+            if isinstance(a, SendToNeighbour):
+                j = self.index[a.node_id]
+                frame = wire.encode_frame(a.msg)
+                self.seq += 1
+                heapq.heappush(self.queue, (self.now + self.delay, self.seq, i, j, frame))
+
+    def link(self, i, j, cost):
+        self.links[frozenset((i, j))] = cost
+        for x, y in ((i, j), (j, i)):
+            r = self.routers[x]
+            self._run(x, r.handle(NeighbourUp(self.ids[y].node_id, self.ids[y].public_key), self.now))
+            self._run(x, r.handle(LinkCostChanged(self.ids[y].node_id, cost), self.now))
+
+    def cost(self, i, j, cost):
+        self.links[frozenset((i, j))] = cost
+        for x, y in ((i, j), (j, i)):
+            self._run(x, self.routers[x].handle(LinkCostChanged(self.ids[y].node_id, cost), self.now))
+
+    def unlink(self, i, j):
+        del self.links[frozenset((i, j))]
+        for x, y in ((i, j), (j, i)):
+            self._run(x, self.routers[x].handle(NeighbourDown(self.ids[y].node_id), self.now))
+
+    def run(self, duration):
+        end = self.now + duration
+        while True:
+            deadlines = [(r.next_deadline(), i) for i, r in enumerate(self.routers)]
+            t_timer, who = min(deadlines)
+            t_msg = self.queue[0][0] if self.queue else float("inf")
+            t = min(t_timer, t_msg)
+            if t > end:
+                break
+            self.now = t
+            if t_msg <= t_timer:
+                _, _, i, j, frame = heapq.heappop(self.queue)
+                if frozenset((i, j)) in self.links:   # a frame on a removed link is lost
+                    self._run(j, self.routers[j].handle(
+                        FrameFromNeighbour(self.ids[i].node_id, wire.decode_frame(frame)), t))
+            else:
+                self._run(who, self.routers[who].on_timer(t))
+            if self.on_step:
+                self.on_step()
+        self.now = end
+
+    def hop(self, i, j):
+        nh = self.routers[i].fib().get(self.ids[j].node_id)
+        return None if nh is None else self.index[nh]
+
+    def path(self, i, j):
+        seen, at = [i], i
+        while at != j:
+            at = self.hop(at, j)
+            if at is None:
+                return None
+            assert at not in seen, f"loop {seen + [at]}"
+            seen.append(at)
+        return seen
+
+    def check_loops(self):
+        for i in range(len(self.routers)):
+            for j in range(len(self.routers)):
+                if i != j:
+                    self.path(i, j)
+
+
+def test_line_of_five_converges_to_the_right_next_hops():
+    net = Net(5)
+    for i in range(4):
+        net.link(i, i + 1, 10)
+    net.run(2.0)
+    for i in range(5):
+        for j in range(5):
+            if i != j:
+                assert net.hop(i, j) == (i + 1 if j > i else i - 1)
+    assert net.routers[0].routes()[0]["metric"] in (10, 20, 30, 40)
+    assert {row["metric"] for row in net.routers[0].routes()} == {10, 20, 30, 40}
+
+
+def test_diamond_picks_the_cheaper_side_and_reroutes_when_a_node_goes():
+    net = Net(4)                                        # 0=A 1=B 2=C 3=D
+    net.link(0, 1, 10); net.link(1, 3, 10)
+    net.link(0, 2, 30); net.link(2, 3, 30)
+    net.run(2.0)
+    assert net.path(0, 3) == [0, 1, 3] and net.path(3, 0) == [3, 1, 0]
+    net.unlink(0, 1); net.unlink(1, 3)                  # B leaves
+    net.run(2.0)
+    assert net.path(0, 3) == [0, 2, 3] and net.path(3, 0) == [3, 2, 0]
+    assert net.hop(0, 1) is None
+
+
+def test_diamond_follows_a_cost_change():
+    net = Net(4)
+    net.link(0, 1, 10); net.link(1, 3, 10)
+    net.link(0, 2, 30); net.link(2, 3, 30)
+    net.run(2.0)
+    net.cost(0, 1, 200)
+    net.run(20.0)
+    assert net.path(0, 3) == [0, 2, 3]
+
+
+def test_no_loops_under_random_cost_changes_and_removals():
+    n = 7
+    net = Net(n, seed=42, update_interval=1.0)
+    rng = random.Random(42)
+    edges = [(i, (i + 1) % n) for i in range(n)] + [(0, 3), (1, 5), (2, 6), (4, 6)]
+    for i, j in edges:
+        net.link(i, j, rng.uniform(1, 50))
+    net.on_step = net.check_loops                       # invariant on every event
+    net.run(3.0)
+    for _ in range(60):
+        i, j = rng.choice(edges)
+        roll = rng.random()
+        if frozenset((i, j)) not in net.links:
+            net.link(i, j, rng.uniform(1, 50))
+        elif roll < 0.25:
+            net.unlink(i, j)
+        else:
+            net.cost(i, j, rng.uniform(1, 80))
+        net.run(rng.uniform(0.0, 1.5))
+    for i, j in edges:                                  # heal, then everyone reaches everyone
+        if frozenset((i, j)) not in net.links:
+            net.link(i, j, 10)
+    net.run(10.0)
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                assert net.path(i, j) is not None, (i, j)
