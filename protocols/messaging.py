@@ -55,8 +55,8 @@ from .base import Action, Event
 from .errors import DecodeError, LocalProtocolError
 from .identity import Identity
 from .overlay_messages import (MAX_ROUTED_PAYLOAD, MAX_TOPIC_BYTES, ACK_REFUSED, MessageAck,
-                               MessageChunk, Ping, Pong, Proto, Routed, Unreachable,
-                               decode_payload)
+                               MessageChunk, PAYLOADS, Ping, Pong, Proto, Routed,
+                               Unreachable, decode_payload)
 
 Address = ipaddress.IPv6Address
 AddressLike = ipaddress.IPv6Address | str | bytes
@@ -163,7 +163,8 @@ class _In:
     __slots__ = ("topic", "count", "total", "reply_to", "chunks", "held", "expires")
 
     def __init__(self, c: MessageChunk, expires: float) -> None:
-        self.topic, self.count, self.total, self.reply_to = c.topic, c.count, c.total_size, c.reply_to
+        self.topic, self.count, self.reply_to = c.topic, c.count, c.reply_to
+        self.total = c.total_size
         self.chunks: dict[int, bytes] = {}
         self.held = 0
         self.expires = expires
@@ -350,7 +351,8 @@ class MessageEndpoint:
             self._in[key] = r
             self._peer_bytes[src] += c.total_size
             self._total_bytes += c.total_size
-        elif (c.topic, c.count, c.total_size, c.reply_to) != (r.topic, r.count, r.total, r.reply_to):
+        elif ((c.topic, c.count, c.total_size, c.reply_to)
+              != (r.topic, r.count, r.total, r.reply_to)):
             self.counters["bad_chunks"] += 1
             return []
         r.expires = now + min(self.max_age, c.ttl_ms / 1000 + self.max_retransmit)
@@ -403,6 +405,9 @@ class MessageEndpoint:
             event = PacketReceived.from_routed(event)
         if not isinstance(event, PacketReceived):
             raise LocalProtocolError(f"MessageEndpoint cannot handle {type(event).__name__}")
+        if event.proto not in PAYLOADS:
+            self.counters["unknown_proto"] += 1
+            return []
         try:
             payload = decode_payload(event.proto, event.payload)
         except DecodeError:

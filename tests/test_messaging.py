@@ -5,6 +5,8 @@ import ipaddress
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sporenet.protocols.errors import LocalProtocolError
 from sporenet.protocols.forwarding import DeliverLocal, Forwarder, SendToNeighbour, prefix_of
@@ -106,7 +108,8 @@ def test_reply_path_reaches_the_original_sender():
     net.emit(B, actions)
     net.run(15.0)
     [r] = net.of(A, MessageReceived)
-    assert (r.src_address, r.topic, r.data, r.reply_to, r.msg_id) == (B, "rpc", b"answer", q_id, r_id)
+    assert (r.src_address, r.topic, r.data, r.reply_to, r.msg_id) == (
+        B, "rpc", b"answer", q_id, r_id)
     assert MessageDelivered(r_id) in net.of(B, MessageDelivered)
 
 
@@ -139,7 +142,8 @@ def test_default_deny():
 
 def test_duplicate_chunks_are_idempotent_and_never_deliver_twice():
     ep = MessageEndpoint(IDS[1], rng=random.Random(1))
-    chunks = [MessageChunk(5, "t", i, 3, 5, 10_000, 0, d) for i, d in enumerate([b"ab", b"cd", b"e"])]
+    chunks = [MessageChunk(5, "t", i, 3, 5, 10_000, 0, d)
+              for i, d in enumerate([b"ab", b"cd", b"e"])]
     ev = [PacketReceived(A, Proto.MESSAGE_CHUNK, c.encode()) for c in chunks]
     out = ep.handle(ev[0], 0.0) + ep.handle(ev[0], 0.1) + ep.handle(ev[2], 0.2)
     out += ep.handle(ev[1], 0.3) + ep.handle(ev[1], 0.4) + ep.handle(ev[0], 0.5)
@@ -215,7 +219,35 @@ def test_bad_payloads_are_counted():
     ep = MessageEndpoint(A, rng=random.Random(1))
     assert ep.handle(PacketReceived(B, Proto.MESSAGE_CHUNK, b"\x01"), 0.0) == []
     assert ep.handle(PacketReceived(B, 99, b""), 0.0) == []
-    assert ep.counters["malformed"] == 2
+    assert ep.counters["malformed"] == 1 and ep.counters["unknown_proto"] == 1
+
+
+def test_empty_message():
+    net = Net()
+    msg_id, actions = net.eps[A].send(B, "", b"", 0.0)
+    net.emit(A, actions)
+    net.run(2.0)
+    assert [(m.data, m.topic) for m in net.of(B, MessageReceived)] == [(b"", "")]
+    assert net.of(A, MessageDelivered) == [MessageDelivered(msg_id)]
+
+
+chunk_st = st.builds(MessageChunk, st.integers(1, 4), st.sampled_from(["a", "b"]),
+                     st.integers(0, 3), st.integers(4, 4), st.integers(4, 12),
+                     st.integers(0, 5000), st.integers(0, 2), st.binary(max_size=4))
+
+
+@given(st.lists(st.tuples(st.sampled_from([A, C]), st.one_of(
+    chunk_st.map(lambda c: (Proto.MESSAGE_CHUNK, c.encode())),
+    st.tuples(st.integers(0, 8), st.binary(max_size=40)))), max_size=40))
+def test_fuzz_endpoint_never_raises_and_frees_its_budget(packets):
+    ep = MessageEndpoint(B, rng=random.Random(1), max_reassembly_per_peer=8)
+    for k, (src, (proto, payload)) in enumerate(packets):
+        for a in ep.handle(PacketReceived(src, proto, payload, 1), k * 0.01):
+            if isinstance(a, MessageReceived):
+                assert len(a.data) <= 12
+    ep.on_timer(10_000.0)
+    assert not ep._in and ep._total_bytes == 0 and not ep._peer_bytes
+    assert ep.next_deadline() is None
 
 
 def test_over_forwarders_five_node_line():
