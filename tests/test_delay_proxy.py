@@ -185,8 +185,8 @@ def test_cut_drops_connections_and_refuses_until_restore(echo, make_proxy):
         rtts(sock, 1)
         wait_for(lambda: proxy.connections == 1, 5, "the proxy to count the connection")
         proxy.cut()
+        assert proxy.connections == 0  # cut() returns once applied
         assert closed_by_peer(sock)
-    wait_for(lambda: proxy.connections == 0, 5, "the cut to drop the connection")
     assert refused(proxy.endpoint)  # the kernel accepts; the proxy resets it at once
     proxy.restore()
     with connect(proxy.endpoint) as sock:
@@ -198,7 +198,6 @@ def test_silent_cut_blackholes_then_restore_flows_again(echo, make_proxy):
     with connect(proxy.endpoint) as sock:
         rtts(sock, 1)
         proxy.cut(silent=True)
-        wait_for(lambda: proxy._cut == "silent", 5, "the cut to apply")
         sock.sendall(b"lost")
         sock.settimeout(0.3)  # nothing comes back, and the connection stays open
         with pytest.raises(TimeoutError):
@@ -206,7 +205,6 @@ def test_silent_cut_blackholes_then_restore_flows_again(echo, make_proxy):
         assert proxy.connections == 1
         proxy.restore()
         sock.settimeout(5)
-        wait_for(lambda: proxy._cut is None, 5, "the restore to apply")
         assert rtts(sock, 2)
 
 
@@ -300,3 +298,8 @@ def test_two_nodes_measure_the_delay_of_a_proxied_link(tmp_path, make_proxy):
         ab = wait_for(lambda: rtt(a, b), 20, "a to measure b")
         ba = wait_for(lambda: rtt(b, a), 20, "b to measure a")
         assert ab >= 40 and ba >= 40, (ab, ba)
+        assert proxy.connections == 1  # the one link runs through the proxy
+        # The link gets slower at runtime, and the probers follow.
+        proxy.set_delay(60)
+        wait_for(lambda: (rtt(a, b) or 0) >= 100 and (rtt(b, a) or 0) >= 100, 20,
+                 "the probers to measure the slower link")

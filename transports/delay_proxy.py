@@ -178,19 +178,20 @@ class DelayProxy:
 
     def cut(self, silent: bool = False) -> None:
         """Drop every connection (RST) and refuse new ones until ``restore()``;
-        ``silent=True`` keeps connections open and discards every byte instead."""
-        self._post(("cut", "silent" if silent else "reset"))
+        ``silent=True`` keeps connections open and discards every byte instead.
+        Returns once the I/O thread has applied it."""
+        self._call("cut", "silent" if silent else "reset")
 
     def restore(self) -> None:
-        """Undo ``cut()``: new bytes and connections flow again."""
-        self._post(("restore",))
+        """Undo ``cut()``: new bytes and connections flow again. Returns once applied."""
+        self._call("restore")
 
     def stop(self) -> None:
         """Close every socket and join the I/O thread. Safe to call more than once."""
         with self._lock:
             state, self._state = self._state, "stopped"
             if state == "running":
-                self._cmds.append(("stop",))
+                self._cmds.append((None, "stop"))
         if state == "running":
             self._wake()
             if threading.current_thread() is not self._thread:
@@ -205,12 +206,17 @@ class DelayProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _post(self, cmd: tuple) -> None:
+    def _call(self, *cmd: object) -> None:
+        """Run ``cmd`` on the I/O thread and wait until it ran (or the proxy stopped)."""
+        done = threading.Event()
         with self._lock:
             if self._state != "running":
                 raise TransportClosed(f"proxy is {self._state}")
-            self._cmds.append(cmd)
+            self._cmds.append((done, *cmd))
         self._wake()
+        while not done.wait(0.1):
+            if not self._thread.is_alive():
+                raise TransportClosed("proxy stopped")
 
     def _wake(self) -> None:
         try:
@@ -288,13 +294,14 @@ class DelayProxy:
         except BlockingIOError:
             pass
         while self._cmds:
-            cmd = self._cmds.popleft()
-            if cmd[0] == "stop":
+            done, what, *args = self._cmds.popleft()
+            if what == "stop":
                 return True
-            if cmd[0] == "cut":
-                self._do_cut(cmd[1])
-            elif cmd[0] == "restore":
+            if what == "cut":
+                self._do_cut(*args)
+            elif what == "restore":
                 self._do_restore()
+            done.set()
         return False
 
     def _do_cut(self, mode: str) -> None:
