@@ -40,7 +40,7 @@ from typing import Mapping
 from . import wire
 from .base import Action, Event
 from .errors import DecodeError, LocalProtocolError
-from .identity import Identity
+from .identity import Identity, _address_from_node_id
 from .overlay_messages import (PREFIX_SIZE, Proto, Routed, Unreachable,
                                UnreachableReason, pack_address)
 
@@ -197,4 +197,15 @@ class Forwarder:
 def prefix_of(address: bytes | ipaddress.IPv6Address | str) -> bytes:
     """The /64 key a FIB uses for ``address``: its first 8 bytes."""
     return pack_address(address)[:PREFIX_SIZE]
+
+
+def prefix_of_node(node_id: bytes) -> bytes:
+    """The /64 key of the node with ``node_id`` (its address is derived from the id)."""
+    return _address_from_node_id(node_id).packed[:PREFIX_SIZE]
+
+
+def prefix_fib(fib: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """Turn the router's snapshot {destination node id: next hop} into ``set_fib``'s
+    {destination /64: next hop}. Built once per FIB version, not per packet."""
+    return {prefix_of_node(dest): hop for dest, hop in fib.items()}
 

@@ -7,7 +7,8 @@ import pytest
 from sporenet.protocols import wire
 from sporenet.protocols.errors import LocalProtocolError
 from sporenet.protocols.forwarding import (DeliverLocal, Forwarder, RoutedReceived,
-                                           SendToNeighbour, prefix_of)
+                                           SendToNeighbour, prefix_fib, prefix_of,
+                                           prefix_of_node)
 from sporenet.protocols.identity import Identity
 from sporenet.protocols.overlay_messages import (Proto, Routed, Unreachable,
                                                  UnreachableReason)
@@ -174,3 +175,11 @@ def test_fib_is_kept_by_reference_and_bad_config_refused():
         Forwarder(ids[0], hop_limit=0)
     with pytest.raises(LocalProtocolError):
         fwd[0].set_neighbours({b"n": b"short"})
+
+
+def test_router_snapshot_keyed_by_node_id_converts_to_prefixes():
+    ids, fwd = make_nodes(3)
+    assert prefix_of_node(ids[2].node_id) == prefix_of(ids[2].address)
+    fwd[0].set_fib(prefix_fib({ids[2].node_id: ids[1].node_id}))
+    [a] = fwd[0].originate(ids[2].address, Proto.PING, b"")
+    assert a.node_id == ids[1].node_id
