@@ -96,6 +96,11 @@ class _Pair:
 class DelayProxy:
     """Forward TCP connections from ``listen`` to ``target`` with a one-way delay.
 
+    Each chunk read waits ``delay_ms`` plus a uniform draw from ``+-jitter_ms`` (from
+    ``random.Random(rng_seed)``, floored at 0), raised if needed to the previous
+    chunk's release time so a direction never reorders. ``connections`` counts the
+    live connection pairs.
+
     Driven by ``start()`` (binds, returns the bound ``tcp://`` endpoint, starts the
     I/O thread), the thread-safe ``set_delay``/``cut``/``restore``, and ``stop()``
     (closes every fd and joins the thread; idempotent).
@@ -192,12 +197,10 @@ class DelayProxy:
             state, self._state = self._state, "stopped"
             if state == "running":
                 self._cmds.append((None, "stop"))
-        if state == "running":
+        if state == "running":  # a proxy never started has nothing open
             self._wake()
             if threading.current_thread() is not self._thread:
                 self._thread.join()
-        elif state == "new":
-            pass  # nothing was opened
 
     def __enter__(self) -> DelayProxy:
         self.start()
