@@ -498,3 +498,26 @@ def test_no_loops_under_random_cost_changes_and_removals(seed):
     versions = [r.fib().version for r in net.routers]
     net.run(20.0)                                       # no flaps once converged
     assert [r.fib().version for r in net.routers] == versions
+
+
+def test_routes_changed_notice_crosses_the_bus_codec():
+    from sporenet.protocols.notices import notice_class
+    from sporenet.transports.bus_codec import decode_notice, encode_notice
+    assert notice_class("router.routes_changed") is RoutesChanged
+    n = RoutesChanged(3, 2, (O.node_id,), (), (A.node_id,))
+    assert decode_notice(*encode_notice(n)) == n
+
+
+def test_our_own_route_from_a_neighbour_is_not_installed_but_a_newer_seqno_is_outbid():
+    r = make()
+    s = r.seqno
+    assert feed(r, A, signed(ME, s, 5)) == [] and r.routes() == []
+    acts = feed(r, A, signed(ME, (s + 100) % 65536, 5))   # announced before a restart
+    assert r.seqno == (s + 101) % 65536 and r.routes() == []
+    assert {m.seqno for _, m in sends(acts)} == {r.seqno}
+
+
+def test_non_routing_frames_are_ignored():
+    from sporenet.protocols.messages import Probe
+    r = make()
+    assert feed(r, A, Probe(1)) == []
