@@ -48,11 +48,10 @@ Rules (each has a unit test in ``tests/test_router.py``):
 from __future__ import annotations
 
 import random
-from typing import Any
-
 from .base import Action, Event, Publish
 from .errors import LocalProtocolError, RemoteProtocolError
-from .identity import Identity, address_of, node_id_of, verify_signature
+from .identity import Identity, node_id_of, verify_signature
+from .route_view import RouteViews
 from .route_table import (Destination, Fib, FrameFromNeighbour, LinkCostChanged, NeighbourDown,
                           NeighbourUp, Route, RoutesChanged, SendToNeighbour, feasible,
                           metric_plus)
@@ -64,7 +63,7 @@ REQUEST_HOPS = 16
 SOURCE_GC_TIME = 180.0  # RFC 8966 Appendix B: source entries live 3 minutes unused
 
 
-class Router:
+class Router(RouteViews):
     """Babel-style distance-vector router; see the module docstring."""
 
     def __init__(self, identity: Identity, *, rng: random.Random, now: float, region: str = "",
@@ -114,54 +113,6 @@ class Router:
     def source(self, origin: bytes) -> tuple[int, int] | None:
         s = self._sources.get(origin)
         return None if s is None else (s[0], s[1])
-
-    def routes(self, now: float | None = None) -> list[dict[str, Any]]:
-        now = self._now if now is None else now
-        rows = []
-        for origin, dest in self._dests.items():
-            for nb, r in dest.routes.items():
-                rows.append({"destination": origin.hex(), "address": str(address_of(dest.origin_pub)),
-                             "next_hop": nb.hex(), "metric": r.metric, "seqno": r.seqno,
-                             "age": now - r.updated, "region": r.region, "crossed": r.crossed,
-                             "feasible": self._feasible(origin, r),
-                             "selected": dest.selected == nb})
-        return rows
-
-    def explain(self, dst: bytes) -> dict[str, Any]:
-        dest = self._dests.get(dst)
-        out: dict[str, Any] = {"destination": dst.hex(), "selected": None, "alternatives": [],
-                               "last_change": None, "reason": None}
-        if dest is None:
-            out["reason"] = "no route"
-            return out
-        out["last_change"], out["reason"] = dest.last_change, dest.last_reason
-        sel = dest.routes.get(dest.selected) if dest.selected else None
-        if sel is not None:
-            out["selected"] = self._row(sel)
-        for nb, r in dest.routes.items():
-            if r is sel:
-                continue
-            row = self._row(r)
-            row["ruled_out"] = self._ruled_out(dst, r, sel)
-            out["alternatives"].append(row)
-        return out
-
-    def _row(self, r: Route) -> dict[str, Any]:
-        return {"next_hop": r.neighbour.hex(), "metric": r.metric, "seqno": r.seqno,
-                "region": r.region, "crossed": r.crossed}
-
-    def _ruled_out(self, origin: bytes, r: Route, sel: Route | None) -> str:
-        if r.expired:
-            return "expired"
-        if r.metric >= INFINITY:
-            return "retracted"
-        if not self._feasible(origin, r):
-            return "infeasible"
-        if sel is not None and self._tier(r) > self._tier(sel):
-            return "locality"
-        if sel is not None and r.metric < sel.metric:
-            return "hysteresis"
-        return "worse metric"
 
     # ------------------------------------------------------------------ driving
     def handle(self, event: Event, now: float) -> list[Action]:
