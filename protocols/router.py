@@ -47,16 +47,18 @@ Rules (each has a unit test in ``tests/test_router.py``):
 
 from __future__ import annotations
 
+import math
 import random
 from .base import Action, Event, Publish
 from .errors import LocalProtocolError, RemoteProtocolError
 from .identity import Identity, node_id_of, verify_signature
-from .route_view import RouteViews
 from .route_table import (Destination, Fib, FrameFromNeighbour, LinkCostChanged, NeighbourDown,
                           NeighbourUp, Route, RoutesChanged, SendToNeighbour, feasible,
                           metric_plus)
-from .routing_messages import (FLAG_CROSSED, INFINITY, SEQNO_MOD, RouteRequest, RouteUpdate,
-                               SeqnoRequest, route_transcript, seqno_ge, seqno_newer)
+from .route_view import RouteViews
+from .routing_messages import (FLAG_CROSSED, INFINITY, MAX_REGION_BYTES, SEQNO_MOD,
+                               RouteRequest, RouteUpdate, SeqnoRequest, route_transcript,
+                               seqno_ge, seqno_newer)
 
 DEFAULT_COST = 100  # an unmeasured link: 100 ms, pessimistic until the prober reports
 REQUEST_HOPS = 16
@@ -72,6 +74,8 @@ class Router(RouteViews):
                  hysteresis_frac: float = 0.05, hysteresis_min: int = 2) -> None:
         if update_interval <= 0 or max_routes < 1:
             raise LocalProtocolError("update_interval must be > 0 and max_routes >= 1")
+        if len(region.encode("utf-8")) > MAX_REGION_BYTES:
+            raise LocalProtocolError(f"region longer than {MAX_REGION_BYTES} bytes")
         self._id = identity
         self.node_id = identity.node_id
         self._rng = rng
@@ -241,7 +245,7 @@ class Router(RouteViews):
     def _on_cost(self, nb: bytes, cost: float, now: float) -> list[Action]:
         if nb not in self._neighbours:
             return []
-        c = max(1, min(int(round(cost)), INFINITY - 1))
+        c = max(1, min(int(round(cost)), INFINITY - 1)) if math.isfinite(cost) else INFINITY - 1
         if c == self._neighbours[nb]:
             return []
         self._neighbours[nb] = c

@@ -521,3 +521,20 @@ def test_non_routing_frames_are_ignored():
     from sporenet.protocols.messages import Probe
     r = make()
     assert feed(r, A, Probe(1)) == []
+
+
+def test_link_costs_are_rounded_floored_at_one_and_capped():
+    r = make(neighbours=((A, 0.2),))
+    feed(r, A, signed(O, 1, 5))
+    assert r.routes()[0]["metric"] == 6
+    r.handle(LinkCostChanged(A.node_id, float("inf")), 1.0)
+    assert r.routes()[0]["metric"] == INFINITY - 1 and O.node_id in r.fib()
+    r.handle(LinkCostChanged(A.node_id, 12.6), 2.0)
+    assert r.routes()[0]["metric"] == 18
+
+
+def test_constructor_refuses_bad_arguments():
+    from sporenet.protocols.errors import LocalProtocolError
+    for kw in ({"region": "r" * 33}, {"update_interval": 0}, {"max_routes": 0}):
+        with pytest.raises(LocalProtocolError):
+            Router(ME, rng=random.Random(1), now=0.0, **kw)
