@@ -30,7 +30,8 @@ class RouteViews:
         rows = []
         for origin, dest in self._dests.items():
             for nb, r in dest.routes.items():
-                rows.append({"destination": origin.hex(), "address": str(address_of(dest.origin_pub)),
+                rows.append({"destination": origin.hex(),
+                             "address": str(address_of(dest.origin_pub)),
                              "next_hop": nb.hex(), "metric": r.metric, "seqno": r.seqno,
                              "age": now - r.updated, "region": r.region, "crossed": r.crossed,
                              "feasible": self._feasible(origin, r),

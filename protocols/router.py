@@ -279,7 +279,8 @@ class Router(RouteViews):
             cur = None
         new = min(cands, key=lambda r: (self._tier(r), r.metric, r.neighbour), default=None)
         if cur is not None and new is not None and new is not cur:
-            if self._tier(new) == self._tier(cur) and new.metric >= cur.metric - self._margin(cur.metric):
+            margin = self._margin(cur.metric)
+            if self._tier(new) == self._tier(cur) and new.metric >= cur.metric - margin:
                 new = cur  # hysteresis: not better by enough
         old_hop = dest.selected
         dest.selected = None if new is None else new.neighbour

@@ -372,13 +372,15 @@ class Net:
         self.links[frozenset((i, j))] = cost
         for x, y in ((i, j), (j, i)):
             r = self.routers[x]
-            self._run(x, r.handle(NeighbourUp(self.ids[y].node_id, self.ids[y].public_key), self.now))
+            peer = self.ids[y]
+            self._run(x, r.handle(NeighbourUp(peer.node_id, peer.public_key), self.now))
             self._run(x, r.handle(LinkCostChanged(self.ids[y].node_id, cost), self.now))
 
     def cost(self, i, j, cost):
         self.links[frozenset((i, j))] = cost
         for x, y in ((i, j), (j, i)):
-            self._run(x, self.routers[x].handle(LinkCostChanged(self.ids[y].node_id, cost), self.now))
+            event = LinkCostChanged(self.ids[y].node_id, cost)
+            self._run(x, self.routers[x].handle(event, self.now))
 
     def unlink(self, i, j):
         del self.links[frozenset((i, j))]
