@@ -95,6 +95,7 @@ class Router(RouteViews):
         self._forwarded: dict[tuple[bytes, int], float] = {}
         self._now = now
         self._next_update = now + self._gap()
+        self._deadline: float | None = None
         self._fib = Fib({}, 0)
         self._fib_dirty: dict[bytes, str] = {}  # origin -> reason, pending this call
         self._counters = dict.fromkeys(
@@ -120,7 +121,7 @@ class Router(RouteViews):
 
     # ------------------------------------------------------------------ driving
     def handle(self, event: Event, now: float) -> list[Action]:
-        self._now = now
+        self._now, self._deadline = now, None
         match event:
             case FrameFromNeighbour(node_id=nb) if nb not in self._neighbours:
                 self._counters["unknown_neighbour"] += 1
@@ -145,14 +146,17 @@ class Router(RouteViews):
         return actions + self._publish()
 
     def next_deadline(self) -> float | None:
-        t = self._next_update
-        for dest in self._dests.values():
-            for r in dest.routes.values():
-                t = min(t, r.expires + self.hold_time if r.expired else r.expires)
-        return t
+        """Next periodic update or route expiry/removal; cached until handle/on_timer."""
+        if self._deadline is None:
+            t = self._next_update
+            for dest in self._dests.values():
+                for r in dest.routes.values():
+                    t = min(t, r.expires + self.hold_time if r.expired else r.expires)
+            self._deadline = t
+        return self._deadline
 
     def on_timer(self, now: float) -> list[Action]:
-        self._now = now
+        self._now, self._deadline = now, None
         actions: list[Action] = []
         for origin, dest in list(self._dests.items()):
             changed = False

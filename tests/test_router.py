@@ -540,3 +540,13 @@ def test_constructor_refuses_bad_arguments():
     for kw in ({"region": "r" * 33}, {"update_interval": 0}, {"max_routes": 0}):
         with pytest.raises(LocalProtocolError):
             Router(ME, rng=random.Random(1), now=0.0, **kw)
+
+
+def test_next_deadline_is_the_earliest_expiry_and_follows_changes():
+    r = make(update_interval=100.0, hold_time=10.0)
+    feed(r, A, signed(O, 1, 5), now=1.0)
+    assert r.next_deadline() == 11.0
+    feed(r, A, signed(O, 1, 5), now=3.0)               # refresh moves it
+    assert r.next_deadline() == 13.0
+    r.on_timer(13.0)                                    # expired: kept until 23 for explain
+    assert r.next_deadline() == 23.0
