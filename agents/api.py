@@ -39,7 +39,8 @@ class ApiAgent(ProtocolAgent):
         self._states: dict[str, str] = {}
         host, port = parse_host_port(self.options.get("api", "127.0.0.1:0"))
         self._server = ApiServer(host, port, {"GET /v1/status": self.get_status,
-                                              "GET /v1/peers": self.get_peers})
+                                              "GET /v1/peers": self.get_peers,
+                                              "GET /v1/routes": self.get_routes})
         self._server.start()
         self.log.info("api_listening", address=self._server.address)
 
@@ -87,6 +88,12 @@ class ApiAgent(ProtocolAgent):
             rows = [_peer_row(p, now) for p in self._peers.values()]
         rows.sort(key=lambda r: r["node_id"])
         return {"peers": rows}
+
+    def get_routes(self) -> dict:
+        routes_fn = self.options.get("routes")
+        if routes_fn is None:
+            return {"routes": []}
+        return routes_fn()
 
     def on_stop(self) -> None:
         server = getattr(self, "_server", None)

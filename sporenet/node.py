@@ -2,7 +2,7 @@
 
 ``Node(config, identity).run_forever()`` is what ``sporenet up`` does. Built-in
 agents: ``link`` (carrier, signed hello, dialer), ``prober`` (RTT, jitter, loss,
-cost per link) and ``api`` (local HTTP JSON API); custom agents from the config's
+cost per link), ``router`` (Babel-style routes over link costs) and ``api`` (local HTTP JSON API); custom agents from the config's
 ``[[agents]]`` come after them. Once every agent runs, the node writes
 ``<run_dir>/node.json`` with its real endpoints (after port 0), for launchers and
 ``sporenet bus tap``; the file is removed when the node stops.
@@ -21,12 +21,13 @@ from sporenet.agents.api import ApiAgent, GetApiAddress
 from sporenet.agents.bundle import AgentSpec, Bundle
 from sporenet.agents.link import GetLinkInfo, LinkAgent
 from sporenet.agents.prober import ProberAgent
+from sporenet.agents.router import GetRoutes, RouterAgent
 from sporenet.protocols.identity import Identity
 
 from .config import NodeConfig
 
 log = structlog.get_logger("sporenet.node")
-BUILTIN_AGENTS = ("link", "prober", "api")
+BUILTIN_AGENTS = ("link", "prober", "router", "api")
 
 
 class Node:
@@ -42,11 +43,13 @@ class Node:
         c, ident = self.config, self.identity
         specs: list[Any] = [
             AgentSpec("api", ApiAgent, options={"identity": ident, "api": c.api, "name": c.name,
-                                                "agent_states": lambda: self.bundle.states()}),
+                                                "agent_states": lambda: self.bundle.states(),
+                                                "routes": self._routes}),
+            AgentSpec("router", RouterAgent, options={"identity": ident}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
-            AgentSpec("link", LinkAgent, requires=("prober", "api"),
+            AgentSpec("link", LinkAgent, requires=("prober", "router", "api"),
                       options={"identity": ident, "listen": list(c.listen),
                                "peers": list(c.peers), "name": c.name}),
         ]
@@ -55,6 +58,10 @@ class Node:
                 raise ValueError(f'agents: "{custom.name}" is a built-in agent name; choose another')
             specs.append(custom)
         return specs
+
+    def _routes(self) -> dict[str, Any]:
+        """For the API's server thread (not an actor), so asking is allowed."""
+        return self.bundle.agent("router").ask(GetRoutes(), timeout=5)
 
     def write_info(self) -> dict[str, Any]:
         link = self.bundle.agent("link").ask(GetLinkInfo(), timeout=10)

@@ -77,7 +77,7 @@ class LinkSnapshot:
             # since_s keeps growing: the link was never dropped and re-made.
             assert now["since_s"] >= before["since_s"] + elapsed - 0.5
             assert now["rtt_ms"] is not None and 0 < now["rtt_ms"] < 1000
-        assert a.api.status()["agents"] == {"api": "running", "prober": "running",
+        assert a.api.status()["agents"] == {"api": "running", "prober": "running", "router": "running",
                                             "link": "running"}
 
 

@@ -49,7 +49,7 @@ def test_three_nodes_link_measure_and_notice_a_death(mesh):
     assert all(0 < r["rtt_ms"] < 100 and r["loss"] is not None for r in rows)
     status = a.api.status()
     assert status["node_id"] == a.node_id and status["agents"] == {
-        "api": "running", "prober": "running", "link": "running"}
+        "api": "running", "prober": "running", "router": "running", "link": "running"}
 
     mesh.stop_node("c", sig=9)  # no goodbye: the others must notice by themselves
     for node in (a, b):
