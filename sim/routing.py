@@ -1,0 +1,256 @@
+"""Routing scenarios: the real LinkTable + Prober + Router on a simulated topology.
+
+Wiring (DESIGN.md §5): build a ``Topology`` (line, ring, grid, geographic), ``apply_to``
+a ``NetworkModel``, one ``RoutingSimNode`` per node, dial every link in the first
+second, play churn and flap schedules through a ``FailureState``, and every
+``sample_every`` seconds compare every FIB with ``shortest_paths`` over the links
+that are up at that moment. ``RoutingReport.from_samples`` turns the samples into
+numbers and plots.
+
+``RoutingSimNode`` extends ``SimNode``'s executor with the router:
+PeerUp -> NeighbourUp, PeerDown -> NeighbourDown, LinkMeasured -> LinkCostChanged(cost),
+DeliverFrame of a routing frame (0x10-0x12) -> FrameFromNeighbour,
+SendToNeighbour -> ``LinkTable.send_to``. It counts the bytes it puts on the wire
+(all control traffic: handshakes, probes, routing), and routing bytes separately.
+
+Timers are shortened for speed (probe interval 1 s, so a dead link is declared after
+4 s; router update interval 2 s, hold time 7 s); the values used go into the
+report's ``extra``. After a link or node comes back, a redial pass (every
+``redial_every`` s) reopens every usable link that neither end has a connection on.
+
+Determinism: every random draw comes from ``random.Random(seed)`` in a fixed order
+and the clock orders events by (time, sequence), so a seed gives one report.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from sporenet.protocols import wire
+from sporenet.protocols.base import Action
+from sporenet.protocols.identity import Identity
+from sporenet.protocols.link import DeliverFrame, SendFrame
+from sporenet.protocols.notices import LinkMeasured, PeerDown, PeerUp
+from sporenet.protocols.route_table import (FrameFromNeighbour, LinkCostChanged, NeighbourDown,
+                                            NeighbourUp, SendToNeighbour)
+from sporenet.protocols.router import Router
+from sporenet.protocols.routing_messages import ROUTING_TYPES
+
+from .clock import VirtualClock
+from .metrics import ShortestPaths, sample_routing, shortest_paths
+from .network import NetworkModel
+from .node import SimNode
+from .report import RoutingReport
+from .topology import (FailureState, Topology, TopologyEvent, churn_schedule, flap_schedule,
+                       geographic, grid, line, ring, schedule_events)
+
+TOPOLOGIES = ("line", "ring", "grid", "geo")
+
+
+class RoutingSimNode(SimNode):
+    """A ``SimNode`` that also runs a ``Router``; see the module docstring."""
+
+    def __init__(self, index: int, identity: Identity, clock: VirtualClock, network: NetworkModel,
+                 rng: random.Random, *, interval: float = 1.0, update_interval: float = 2.0,
+                 hold_time: float | None = None, region: str = "") -> None:
+        super().__init__(index, identity, clock, network, rng, interval=interval)
+        self.router = Router(identity, rng=rng, now=clock.now, region=region,
+                             update_interval=update_interval, hold_time=hold_time)
+        self.bytes_sent = 0
+        self.routing_bytes_sent = 0
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = self.clock.now
+        actions: list[Action] = []
+        for proto in (self.link, self.prober, self.router):
+            deadline = proto.next_deadline()
+            if deadline is not None and deadline <= now:
+                actions += proto.on_timer(now)
+        self._run(actions)
+
+    def _execute(self, actions: list[Action]) -> None:
+        now = self.clock.now
+        for act in actions:
+            match act:
+                case SendFrame(conn=conn, msg=msg):
+                    data = wire.encode_frame(msg)
+                    self.bytes_sent += len(data)
+                    if isinstance(msg, ROUTING_TYPES):
+                        self.routing_bytes_sent += len(data)
+                    self.network.deliver(self.index, conn, data)
+                case SendToNeighbour(node_id=nid, msg=msg):
+                    self._execute(self.link.send_to(nid, msg))
+                case DeliverFrame(node_id=nid, msg=msg) if isinstance(msg, ROUTING_TYPES):
+                    self._execute(self.router.handle(FrameFromNeighbour(nid, msg), now))
+                case _:
+                    super()._execute([act])
+
+    def _publish(self, notice: object, now: float) -> None:
+        super()._publish(notice, now)
+        match notice:
+            case PeerUp(node_id=nid, public_key=pub):
+                self._execute(self.router.handle(NeighbourUp(nid, pub), now))
+            case PeerDown(node_id=nid):
+                self._execute(self.router.handle(NeighbourDown(nid), now))
+            case LinkMeasured(node_id=nid, cost=cost):
+                self._execute(self.router.handle(LinkCostChanged(nid, cost), now))
+
+    def _reschedule(self) -> None:
+        deadlines = [d for d in (self.link.next_deadline(), self.prober.next_deadline(),
+                                 self.router.next_deadline()) if d is not None]
+        deadline = min(deadlines) if deadlines else None
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None
+        if deadline is not None:
+            self._timer = self.clock.call_at(max(deadline, self.clock.now), self._on_timer)
+
+    def has_conn(self, peer: int) -> bool:
+        return peer in self.link._conns  # noqa: SLF001 - the sim's view of its own node
+
+
+def make_topology(name: str, n: int, rng: random.Random, *, avg_degree: float = 4.0) -> Topology:
+    """``line``/``ring``/``grid``/``geo`` (alias ``geographic``) with about ``n`` nodes
+    (a grid is ``w x (n // w)`` with ``w = round(sqrt(n))``)."""
+    match name:
+        case "line":
+            return line(n)
+        case "ring":
+            return ring(n)
+        case "grid":
+            w = max(1, round(math.sqrt(n)))
+            return grid(w, max(1, n // w))
+        case "geo" | "geographic":
+            return geographic(n, avg_degree, rng)
+    raise ValueError(f"unknown topology {name!r}; one of {', '.join(TOPOLOGIES)}")
+
+
+@dataclass(slots=True)
+class RoutingSim:
+    topology: Topology
+    clock: VirtualClock
+    network: NetworkModel
+    nodes: list[RoutingSimNode]
+    failures: FailureState
+    events: list[TopologyEvent]
+
+
+def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval: float = 1.0,
+                      update_interval: float = 2.0, start_spread: float = 1.0,
+                      churn: float = 0.0, flaps: float = 0.0, duration: float = 60.0,
+                      failures_from: float = 0.0, redial_every: float = 2.0) -> RoutingSim:
+    clock = VirtualClock()
+    network = NetworkModel(clock, random.Random(rng.getrandbits(64)))
+    topology.apply_to(network)
+    nodes = [RoutingSimNode(i, Identity(rng.randbytes(32)), clock, network,
+                            random.Random(rng.getrandbits(64)), interval=probe_interval,
+                            update_interval=update_interval)
+             for i in range(topology.n)]
+    state = FailureState(topology, network)
+    for l in topology.links:
+        clock.call_at(rng.uniform(0.0, start_spread), lambda a=l.a, b=l.b: _dial(nodes, network, a, b))
+    events: list[TopologyEvent] = []
+    window = max(duration - failures_from, 0.0)
+    if churn > 0 and window > 0:
+        events += churn_schedule(topology, churn, window, rng, start=failures_from)
+    if flaps > 0 and window > 0:
+        events += flap_schedule(topology, flaps, window, rng, start=failures_from)
+    events = [e for _, _, e in sorted((e.at, i, e) for i, e in enumerate(events))]
+    schedule_events(clock, events, state.apply)
+    if events:
+        def redial() -> None:
+            for l in topology.links:
+                if (not state.is_cut(l.a, l.b) and not nodes[l.a].has_conn(l.b)
+                        and not nodes[l.b].has_conn(l.a)):
+                    _dial(nodes, network, l.a, l.b)
+            clock.call_later(redial_every, redial)
+        clock.call_at(start_spread + redial_every, redial)
+    return RoutingSim(topology, clock, network, nodes, state, events)
+
+
+def _dial(nodes: list[RoutingSimNode], network: NetworkModel, a: int, b: int) -> None:
+    link = network.link(a, b)
+    assert link is not None
+
+    def accept() -> None:
+        if not nodes[b].has_conn(a):
+            nodes[b].open(a, outbound=False)
+
+    network.clock.call_later(link.latency, accept)
+    nodes[a].open(b, outbound=True)
+
+
+def sample(sim: RoutingSim, truth: ShortestPaths):
+    """One ``RoutingSample`` of every live node's FIB against ``truth``."""
+    index = {node.identity.node_id: node.index for node in sim.nodes}
+    down = sim.failures.down_nodes
+    alive = [i for i in range(sim.topology.n) if i not in down]
+    tables: list[dict[int, int]] = []
+    for node in sim.nodes:
+        tables.append({index[d]: index[h] for d, h in node.router.fib().items()
+                       if d in index and h in index})
+
+    def next_hop(node: int, dst: int) -> int | None:
+        hop = tables[node].get(dst)
+        if hop is None or sim.failures.is_cut(node, hop):
+            return None
+        return hop
+
+    return sample_routing(sim.clock.now, next_hop, sim.topology, truth, nodes=alive)
+
+
+def run_routing_scenario(topology_name: str, n: int, seed: int, duration: float,
+                         sample_every: float = 1.0, churn: float = 0.0, flaps: float = 0.0, *,
+                         avg_degree: float = 4.0, probe_interval: float = 1.0,
+                         update_interval: float = 2.0, failures_from: float | None = None,
+                         ) -> RoutingReport:
+    """Run one scenario and report it. Churn and flaps start at ``failures_from``
+    (default: a third of the way in, so convergence from cold start is seen first)."""
+    rng = random.Random(seed)
+    topology = make_topology(topology_name, n, rng, avg_degree=avg_degree)
+    start = duration / 3 if failures_from is None else failures_from
+    sim = build_routing_sim(topology, rng, probe_interval=probe_interval,
+                            update_interval=update_interval, churn=churn, flaps=flaps,
+                            duration=duration, failures_from=start)
+    samples = []
+    truth_key: tuple | None = None
+    truth: ShortestPaths | None = None
+    steps = max(1, int(round(duration / sample_every)))
+    for k in range(1, steps + 1):
+        t = min(k * sample_every, duration)
+        sim.clock.run_until(t)
+        key = (frozenset(sim.failures.down_nodes), frozenset(sim.failures.down_links))
+        if key != truth_key:
+            truth_key = key
+            truth = shortest_paths(topology, down_nodes=key[0], down_links=key[1])
+        samples.append(sample(sim, truth))
+    failures = [e.at for e in sim.events if e.kind in ("node_down", "link_down")]
+    control = sum(node.bytes_sent for node in sim.nodes)
+    routing = sum(node.routing_bytes_sent for node in sim.nodes)
+    counters: dict[str, int] = {}
+    for node in sim.nodes:
+        for key_, v in node.router.counters.items():
+            counters[key_] = counters.get(key_, 0) + v
+    extra = {
+        "probe_interval_s": probe_interval,
+        "dead_after_s": sim.nodes[0].prober.dead_after if sim.nodes else None,
+        "update_interval_s": update_interval,
+        "hold_time_s": sim.nodes[0].router.hold_time if sim.nodes else None,
+        "sample_every_s": sample_every,
+        "links": len(topology.links),
+        "avg_degree": topology.avg_degree,
+        "churn": churn, "flaps": flaps, "failure_events": len(sim.events),
+        "routing_bytes_per_node_per_s": routing / max(topology.n, 1) / duration if duration else 0.0,
+        "frames_sent": sim.network.stats.frames_sent,
+        "frames_dropped": sim.network.stats.frames_dropped,
+        "events_run": sim.clock.events_run,
+        "router_counters": counters,
+    }
+    return RoutingReport.from_samples(topology.name, topology.n, seed, duration, samples,
+                                      control_bytes=control, failures=failures, extra=extra)
