@@ -17,7 +17,7 @@ from sporenet import __version__
 from sporenet.config import parse_host_port
 from sporenet.protocols.notices import (AgentStateChanged, LinkCounters, LinkListening,
                                         LinkMeasured, PeerDown, PeerUp)
-from sporenet.transports.http_api import ApiServer
+from sporenet.transports.http_api import ApiError, ApiServer
 
 from .base import ProtocolAgent
 
@@ -40,7 +40,8 @@ class ApiAgent(ProtocolAgent):
         host, port = parse_host_port(self.options.get("api", "127.0.0.1:0"))
         self._server = ApiServer(host, port, {"GET /v1/status": self.get_status,
                                               "GET /v1/peers": self.get_peers,
-                                              "GET /v1/routes": self.get_routes})
+                                              "GET /v1/routes": self.get_routes,
+                                              "GET /v1/explain": self.get_explain})
         self._server.start()
         self.log.info("api_listening", address=self._server.address)
 
@@ -94,6 +95,12 @@ class ApiAgent(ProtocolAgent):
         if routes_fn is None:
             return {"routes": []}
         return routes_fn()
+
+    def get_explain(self, destination: str = "") -> dict:
+        explain_fn = self.options.get("explain")
+        if explain_fn is None:
+            raise ApiError(404, "this node has no router")
+        return explain_fn(destination)
 
     def on_stop(self) -> None:
         server = getattr(self, "_server", None)

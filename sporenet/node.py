@@ -10,6 +10,7 @@ cost per link), ``router`` (Babel-style routes over link costs) and ``api`` (loc
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from sporenet.agents.api import ApiAgent, GetApiAddress
 from sporenet.agents.bundle import AgentSpec, Bundle
 from sporenet.agents.link import GetLinkInfo, LinkAgent
 from sporenet.agents.prober import ProberAgent
-from sporenet.agents.router import GetRoutes, RouterAgent
+from sporenet.agents.router import ExplainRoute, GetRoutes, RouterAgent
+from sporenet.transports.http_api import ApiError
 from sporenet.protocols.identity import Identity
 
 from .config import NodeConfig
@@ -44,7 +46,7 @@ class Node:
         specs: list[Any] = [
             AgentSpec("api", ApiAgent, options={"identity": ident, "api": c.api, "name": c.name,
                                                 "agent_states": lambda: self.bundle.states(),
-                                                "routes": self._routes}),
+                                                "routes": self._routes, "explain": self._explain}),
             AgentSpec("router", RouterAgent, options={"identity": ident}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
@@ -62,6 +64,18 @@ class Node:
     def _routes(self) -> dict[str, Any]:
         """For the API's server thread (not an actor), so asking is allowed."""
         return self.bundle.agent("router").ask(GetRoutes(), timeout=5)
+
+    def _explain(self, destination: str) -> dict[str, Any]:
+        """``destination``: a node id (hex, or a unique prefix of one) or an overlay address."""
+        known = {r["destination"]: r["address"] for r in self._routes()["routes"]}
+        wanted = destination.strip().lower()
+        matches = [d for d, addr in known.items()
+                   if d.startswith(wanted) or _same_address(addr, wanted)] if wanted else []
+        if len(matches) != 1:
+            raise ApiError(404 if not matches else 400,
+                           f"{destination!r} matches {len(matches)} known destinations; "
+                           "give a node id (or a longer prefix of one) or an overlay address")
+        return self.bundle.agent("router").ask(ExplainRoute(bytes.fromhex(matches[0])), timeout=5)
 
     def write_info(self) -> dict[str, Any]:
         link = self.bundle.agent("link").ask(GetLinkInfo(), timeout=10)
@@ -82,3 +96,10 @@ class Node:
         finally:
             self.info_path.unlink(missing_ok=True)
             log.info("node_stopped")
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.IPv6Address(a) == ipaddress.IPv6Address(b)
+    except ValueError:
+        return False

@@ -44,5 +44,11 @@ def test_line_of_three_learns_routes_through_the_middle_and_loses_them(mesh):
                           "--json"], capture_output=True, text=True, timeout=30, check=True)
     assert c.node_id in {r["destination"] for r in json.loads(out.stdout)["routes"]}
 
+    why = a.api.get("/v1/explain", destination=c.info["address"])
+    assert why["destination"] == c.node_id and why["selected"]["next_hop"] == b.node_id
+    out = subprocess.run([sys.executable, "-m", "sporenet.cli", "explain", c.node_id[:12],
+                          "--api", a.info["api"]], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and b.node_id[:8] in out.stdout, out.stdout + out.stderr
+
     mesh.stop_node("b", sig=9)
     wait_for(lambda: c.node_id not in selected_routes(a), 30, "a to drop its route to c")
