@@ -64,3 +64,11 @@ def test_cli_writes_report_and_plots(tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["nodes"] == 9 and data["topology"] == "grid3x3"
     assert list(out.glob("*.png"))
+
+
+def test_churn_no_loops_and_routes_recover():
+    report = run_routing_scenario("grid", 16, seed=2, duration=30.0, sample_every=1.0,
+                                  churn=0.25, failures_from=10.0)
+    assert report.extra["failure_events"] > 0
+    assert report.total_loops == 0
+    assert report.reroute_s and min(report.reroute_s) < 10.0  # every pair routed again
