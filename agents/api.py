@@ -42,6 +42,8 @@ class ApiAgent(ProtocolAgent):
                                               "GET /v1/peers": self.get_peers,
                                               "GET /v1/routes": self.get_routes,
                                               "GET /v1/explain": self.get_explain})
+        for key, handler in self.options.get("extra_routes", {}).items():
+            self._server.add_route(key, handler)
         self._server.start()
         self.log.info("api_listening", address=self._server.address)
 

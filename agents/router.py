@@ -25,6 +25,16 @@ from .base import ProtocolAgent
 _ROUTING_TYPES = range(0x10, 0x20)  # docs/development.md, frame type allocation
 
 
+class FibHolder:
+    """The forwarding snapshot, published by swapping one reference (DESIGN.md §2):
+    the router agent writes ``value``, readers take it without asking anyone."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = None
+
+
 class GetRoutes:
     """``ask`` it (from a non-actor thread): ``{"routes": [...], "seqno": n, "counters": {...}}``."""
 
@@ -48,6 +58,12 @@ class RouterAgent(ProtocolAgent):
 
     def dispatch_table(self) -> dict[type, Callable[[Any], None]]:
         return {**super().dispatch_table(), SendToNeighbour: self._send}
+
+    def execute(self, actions: list) -> None:
+        super().execute(actions)
+        holder = self.options.get("fib_holder")
+        if holder is not None and self.protocol is not None:
+            holder.value = self.protocol.fib()
 
     def on_receive(self, message: Any) -> Any:
         match message:

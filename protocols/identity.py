@@ -46,6 +46,13 @@ def _address_from_node_id(node_id: bytes) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(as_int | (_PREFIX_BYTE >> 1) << 121)
 
 
+def address_of_node_id(node_id: bytes) -> ipaddress.IPv6Address:
+    """The overlay address of a node known only by its 32-byte node id."""
+    if len(node_id) != NODE_ID_SIZE:
+        raise LocalProtocolError(f"node id must be {NODE_ID_SIZE} bytes, got {len(node_id)}")
+    return _address_from_node_id(node_id)
+
+
 def subnet_of(public_key: bytes) -> ipaddress.IPv6Network:
     """The /64 a node owns (and routes) in the overlay."""
     return ipaddress.IPv6Network((int(address_of(public_key)) >> 64 << 64, 64))

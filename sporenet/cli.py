@@ -1,7 +1,7 @@
 """The ``sporenet`` command line.
 
 Each subcommand lives in its own module under ``sporenet/commands`` and exports
-``command``; they are found and registered here, so adding a command touches no
+``command`` (or ``commands``, a tuple, for a module of several); they are found and registered here, so adding a command touches no
 shared file.
 """
 
@@ -24,9 +24,9 @@ def cli() -> None:
 def _register_commands() -> None:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        cmd = getattr(module, "command", None)
-        if isinstance(cmd, click.Command):
-            cli.add_command(cmd)
+        for cmd in getattr(module, "commands", (getattr(module, "command", None),)):
+            if isinstance(cmd, click.Command):
+                cli.add_command(cmd)
 
 
 _register_commands()

@@ -22,14 +22,16 @@ from sporenet.agents.api import ApiAgent, GetApiAddress
 from sporenet.agents.bundle import AgentSpec, Bundle
 from sporenet.agents.link import GetLinkInfo, LinkAgent
 from sporenet.agents.prober import ProberAgent
-from sporenet.agents.router import ExplainRoute, GetRoutes, RouterAgent
+from sporenet.agents.overlay import OverlayAgent
+from sporenet.agents.router import ExplainRoute, FibHolder, GetRoutes, RouterAgent
+from .user_api import UserApi
 from sporenet.transports.http_api import ApiError
 from sporenet.protocols.identity import Identity
 
 from .config import NodeConfig
 
 log = structlog.get_logger("sporenet.node")
-BUILTIN_AGENTS = ("link", "prober", "router", "api")
+BUILTIN_AGENTS = ("link", "prober", "router", "overlay", "api")
 
 
 class Node:
@@ -43,15 +45,20 @@ class Node:
 
     def _specs(self) -> list[Any]:
         c, ident = self.config, self.identity
+        fib = FibHolder()
+        user = UserApi(lambda: self.bundle.agent("overlay"))
         specs: list[Any] = [
             AgentSpec("api", ApiAgent, options={"identity": ident, "api": c.api, "name": c.name,
                                                 "agent_states": lambda: self.bundle.states(),
-                                                "routes": self._routes, "explain": self._explain}),
-            AgentSpec("router", RouterAgent, options={"identity": ident}),
+                                                "routes": self._routes, "explain": self._explain,
+                                                "extra_routes": user.routes()}),
+            AgentSpec("router", RouterAgent, options={"identity": ident, "fib_holder": fib}),
+            AgentSpec("overlay", OverlayAgent, requires=("router",),
+                      options={"identity": ident, "fib_holder": fib}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
-            AgentSpec("link", LinkAgent, requires=("prober", "router", "api"),
+            AgentSpec("link", LinkAgent, requires=("prober", "router", "overlay", "api"),
                       options={"identity": ident, "listen": list(c.listen),
                                "peers": list(c.peers), "name": c.name}),
         ]

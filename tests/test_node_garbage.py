@@ -11,6 +11,7 @@ import time
 import pytest
 
 from sporenet.config import parse_endpoint
+from sporenet.node import BUILTIN_AGENTS
 from sporenet.local_mesh import LocalMesh, wait_for
 from sporenet.protocols import wire
 from sporenet.protocols.framing import FrameDecoder, encode_length_prefixed
@@ -77,8 +78,7 @@ class LinkSnapshot:
             # since_s keeps growing: the link was never dropped and re-made.
             assert now["since_s"] >= before["since_s"] + elapsed - 0.5
             assert now["rtt_ms"] is not None and 0 < now["rtt_ms"] < 1000
-        assert a.api.status()["agents"] == {"api": "running", "prober": "running", "router": "running",
-                                            "link": "running"}
+        assert a.api.status()["agents"] == {name: "running" for name in BUILTIN_AGENTS}
 
 
 def raw_socket(node) -> socket.socket:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from sporenet.node import BUILTIN_AGENTS
 from sporenet.local_mesh import LocalMesh, wait_for
 
 pytestmark = pytest.mark.slow
@@ -48,8 +49,7 @@ def test_three_nodes_link_measure_and_notice_a_death(mesh):
     assert {r["node_id"] for r in rows} == {b.node_id, c.node_id}
     assert all(0 < r["rtt_ms"] < 100 and r["loss"] is not None for r in rows)
     status = a.api.status()
-    assert status["node_id"] == a.node_id and status["agents"] == {
-        "api": "running", "prober": "running", "router": "running", "link": "running"}
+    assert status["node_id"] == a.node_id and status["agents"] == {name: "running" for name in BUILTIN_AGENTS}
 
     mesh.stop_node("c", sig=9)  # no goodbye: the others must notice by themselves
     for node in (a, b):
