@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,6 +35,7 @@ DEFAULT_LISTEN = "tcp://0.0.0.0:8991"
 ENDPOINT_SCHEMES = ("tcp",)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+MAX_REGION_BYTES = 32     # as protocols.routing_messages.MAX_REGION_BYTES (a test checks)
 
 
 class ConfigError(Exception):
@@ -73,6 +75,7 @@ class NodeConfig:
     api: str = DEFAULT_API
     run_dir: Path | None = None          # None: see run_dir_for()
     name: str = ""                       # "": shown as the short node id
+    region: str = ""                     # signed into route updates; "": no region
     tun: bool = True
     log_level: str = "info"
     log_format: str = "auto"
@@ -213,6 +216,22 @@ def _check_name(value: Any, where: str, ctx: _Ctx) -> Any:
     return value
 
 
+def _check_region(value: Any, where: str, ctx: _Ctx) -> Any:
+    expected = (f"expected printable text (no control characters) of at most {MAX_REGION_BYTES} "
+                "UTF-8 bytes, e.g. \"eu\"")
+    if not isinstance(value, str):
+        return ctx.bad(where, value, f"is not a region tag; {expected}")
+    size = len(value.encode("utf-8", errors="replace"))
+    if size > MAX_REGION_BYTES:
+        return ctx.bad(where, value, f"is too long for a region tag ({size} bytes); {expected}")
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        kind = "control" if unicodedata.category(bad) == "Cc" else "non-printable"
+        return ctx.bad(where, value, f"is not a region tag (it holds the {kind} character "
+                                     f"U+{ord(bad):04X}); {expected}")
+    return value
+
+
 def _choice(options: tuple[str, ...], what: str) -> Callable[[Any, str, _Ctx], Any]:
     def check(value: Any, where: str, ctx: _Ctx) -> Any:
         if not isinstance(value, str) or value.lower() not in options:
@@ -332,6 +351,7 @@ _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "api": _check_api,
     "run_dir": _check_path,
     "name": _check_name,
+    "region": _check_region,
     "tun": _check_bool,
     "log_level": _choice(LOG_LEVELS, "log level"),
     "log_format": _choice(LOG_FORMATS, "log format"),
@@ -365,7 +385,8 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 
 _CLI_FLAGS = {"key_file": "--key-file", "listen": "--listen", "peers": "--peer", "api": "--api",
-              "run_dir": "--run-dir", "name": "--name", "tun": "--tun/--no-tun",
+              "run_dir": "--run-dir", "name": "--name", "region": "--region",
+              "tun": "--tun/--no-tun",
               "log_level": "--log-level", "log_format": "--log-format"}
 
 

@@ -2,7 +2,8 @@
 
 ``Node(config, identity).run_forever()`` is what ``sporenet up`` does. Built-in
 agents: ``link`` (carrier, signed hello, dialer), ``prober`` (RTT, jitter, loss,
-cost per link), ``router`` (Babel-style routes over link costs) and ``api`` (local HTTP JSON API); custom agents from the config's
+cost per link), ``router`` (Babel-style routes over link costs, signed with the config's
+``region`` tag) and ``api`` (local HTTP JSON API); custom agents from the config's
 ``[[agents]]`` come after them. Once every agent runs, the node writes
 ``<run_dir>/node.json`` with its real endpoints (after port 0), for launchers and
 ``sporenet bus tap``; the file is removed when the node stops.
@@ -34,6 +35,13 @@ log = structlog.get_logger("sporenet.node")
 BUILTIN_AGENTS = ("link", "prober", "router", "overlay", "api")
 
 
+class NodeApiAgent(ApiAgent):
+    """The api agent, plus the node's region tag (option ``region``) in ``/v1/status``."""
+
+    def get_status(self) -> dict:
+        return {**super().get_status(), "region": self.options.get("region", "")}
+
+
 class Node:
     def __init__(self, config: NodeConfig, identity: Identity) -> None:
         self.config = config
@@ -48,11 +56,12 @@ class Node:
         fib = FibHolder()
         user = UserApi(lambda: self.bundle.agent("overlay"))
         specs: list[Any] = [
-            AgentSpec("api", ApiAgent, options={"identity": ident, "api": c.api, "name": c.name,
-                                                "agent_states": lambda: self.bundle.states(),
-                                                "routes": self._routes, "explain": self._explain,
-                                                "extra_routes": user.routes()}),
-            AgentSpec("router", RouterAgent, options={"identity": ident, "fib_holder": fib}),
+            AgentSpec("api", NodeApiAgent, options={
+                "identity": ident, "api": c.api, "name": c.name, "region": c.region,
+                "agent_states": lambda: self.bundle.states(), "routes": self._routes,
+                "explain": self._explain, "extra_routes": user.routes()}),
+            AgentSpec("router", RouterAgent, options={"identity": ident, "fib_holder": fib,
+                                                      "region": c.region}),
             AgentSpec("overlay", OverlayAgent, requires=("router",),
                       options={"identity": ident, "fib_holder": fib}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
@@ -88,8 +97,8 @@ class Node:
         link = self.bundle.agent("link").ask(GetLinkInfo(), timeout=10)
         api = self.bundle.agent("api").ask(GetApiAddress(), timeout=10)
         info = {"node_id": self.identity.node_id.hex(), "address": str(self.identity.address),
-                "name": self.config.name, "listen": link["listen"], "api": api, "pid": os.getpid(),
-                "run_dir": str(self.run_dir)}
+                "name": self.config.name, "region": self.config.region, "listen": link["listen"],
+                "api": api, "pid": os.getpid(), "run_dir": str(self.run_dir)}
         tmp = self.info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(self.info_path)

@@ -212,3 +212,70 @@ def test_run_dir_default(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert default_run_dir(nid) == Path("/tmp/sporenet-abababab")
     assert NodeConfig(run_dir=Path("/x")).run_dir_for(nid) == Path("/x")
+
+
+def test_region_from_file_and_command_line(tmp_path):
+    assert NodeConfig().region == ""
+    cfg = load_config(write(tmp_path, 'region = "eu"'))
+    assert cfg.region == "eu"
+    assert merge_cli(cfg, region="us-east").region == "us-east"
+    assert merge_cli(cfg, region=None).region == "eu"  # flag not given keeps the file's value
+    assert load_config(write(tmp_path, 'region = "Zürich-ü"')).region == "Zürich-ü"
+    assert len(("é" * 16).encode()) == 32
+    assert load_config(write(tmp_path, f'region = "{"é" * 16}"')).region == "é" * 16
+
+
+def test_region_limit_matches_the_wire_format():
+    from sporenet.config import MAX_REGION_BYTES
+    from sporenet.protocols.routing_messages import MAX_REGION_BYTES as WIRE_MAX
+
+    assert MAX_REGION_BYTES == WIRE_MAX == 32
+
+
+@pytest.mark.parametrize("text, bad, expected", [
+    ('region = "' + "x" * 33 + '"', '"' + "x" * 33 + '"', "is too long for a region tag (33 bytes)"),
+    ('region = "' + "é" * 17 + '"', '"\\u00e9\\u00e9', "(34 bytes)"),  # value cut at 80
+    ('region = "eu\\u0007"', '"eu\\u0007"', "holds the control character U+0007"),
+    ('region = "e\\nu"', '"e\\nu"', "holds the control character U+000A"),
+    ('region = "e\\u200bu"', '"e\\u200bu"', "holds the non-printable character U+200B"),
+    ("region = 7", "7", "is not a region tag"),
+])
+def test_bad_region_names_the_key(tmp_path, text, bad, expected):
+    (msg,) = problems_of(text, tmp_path)
+    assert f": region: {bad}" in msg and expected in msg
+    assert "at most 32 UTF-8 bytes" in msg
+
+
+def test_bad_region_on_the_command_line_names_the_flag():
+    with pytest.raises(ConfigError) as err:
+        merge_cli(NodeConfig(), region="a\tb")
+    (msg,) = err.value.problems
+    assert msg.startswith('command line: --region: "a\\tb" is not a region tag')
+
+
+def test_up_refuses_a_bad_region_before_starting(tmp_path):
+    from click.testing import CliRunner
+
+    from sporenet.commands.up import command
+
+    out = CliRunner().invoke(command, ["--region", "r" * 40, "--key-file", str(tmp_path / "k")])
+    assert out.exit_code != 0
+    assert "--region" in out.output and "is too long for a region tag (40 bytes)" in out.output
+
+
+@pytest.mark.slow
+def test_a_running_node_reports_its_region(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from sporenet.local_mesh import LocalMesh
+
+    with LocalMesh(tmp_path) as mesh:
+        node = mesh.start_node("eu1", extra_args=("--region", "eu-west"))
+        assert node.api.status()["region"] == "eu-west" and node.info["region"] == "eu-west"
+        cli = [sys.executable, "-m", "sporenet.cli", "status", "--api", node.info["api"]]
+        out = subprocess.run(cli + ["--json"], capture_output=True, text=True, timeout=30)
+        assert json.loads(out.stdout)["region"] == "eu-west"
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and "eu-west" in out.stdout, out.stdout + out.stderr

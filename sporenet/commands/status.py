@@ -56,6 +56,8 @@ def render_status(data: dict[str, Any], out: Console) -> None:
             ("address", data.get("address", "-")), ("version", data.get("version", "-")),
             ("uptime", format_duration(data.get("uptime_s"))),
             ("listen", ", ".join(data.get("listen") or []) or "-")]
+    if data.get("region"):  # only when set: a node without a region shows no such row
+        rows.insert(1, ("region", data["region"]))
     for key, value in rows:
         facts.add_row(key, str(value))
     out.print(facts)
@@ -77,7 +79,7 @@ def render_status(data: dict[str, Any], out: Console) -> None:
 @api_option
 @json_option
 def command(api: str, as_json: bool) -> None:
-    """Show the local node: id, address, name, uptime, agents."""
+    """Show the local node: id, address, name, region, uptime, agents."""
     data = fetch(api, "status")
     if as_json:
         click.echo(json.dumps(data, indent=2))

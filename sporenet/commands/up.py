@@ -21,15 +21,17 @@ from sporenet.logs import configure_logging
 @click.option("--api", help="HOST:PORT for the local HTTP API")
 @click.option("--run-dir", help="directory for the bus sockets and node.json")
 @click.option("--name", help="a human name for this node")
+@click.option("--region", help='region tag signed into route updates (e.g. "eu"; at most 32 bytes)')
 @click.option("--probe-interval", type=click.FloatRange(min=0.05), default=None,
               help="seconds between link probes (overrides [prober] interval; dead after 4x)")
 @click.option("--no-tun", is_flag=True, help="userspace only: do not create a TUN device")
-def command(config_path, key_file, listen, peer, api, run_dir, name, probe_interval, no_tun) -> None:
+def command(config_path, key_file, listen, peer, api, run_dir, name, region, probe_interval,
+            no_tun) -> None:
     """Run a node in the foreground."""
     try:
         config = load_config(config_path) if config_path else NodeConfig()
         config = merge_cli(config, key_file=key_file, listen=listen, peers=peer, api=api,
-                           run_dir=run_dir, name=name, tun=False if no_tun else None)
+                           run_dir=run_dir, name=name, region=region, tun=False if no_tun else None)
         if probe_interval is not None:
             config = dataclasses.replace(config, prober=dataclasses.replace(
                 config.prober, interval=probe_interval, dead_after=4 * probe_interval))
