@@ -36,6 +36,20 @@ class ShortestPaths:
     def latency(self, src: int, dst: int) -> float:
         return float(self._dist[dst][src])
 
+    def matrix(self):
+        """All latencies as a numpy array ``[dst, src]`` (inf: no path)."""
+        import numpy as np
+
+        return np.asarray(self._dist, dtype=np.float64)
+
+    def next_hops(self):
+        """All next hops as a numpy array ``[src, dst]`` (-1: none), ``fibmatrix``'s layout."""
+        import numpy as np
+
+        nh = np.asarray(self._succ, dtype=np.int32).T.copy()
+        np.fill_diagonal(nh, -1)
+        return nh
+
     def next_hop(self, node: int, dst: int) -> int | None:
         hop = int(self._succ[dst][node])
         return None if hop < 0 or node == dst else hop

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
 
 from sporenet.protocols import wire
 from sporenet.protocols.base import Action
@@ -39,7 +41,8 @@ from sporenet.protocols.router import Router
 from sporenet.protocols.routing_messages import ROUTING_TYPES
 
 from .clock import VirtualClock
-from .metrics import ShortestPaths, sample_routing, shortest_paths
+from .fibmatrix import ChainResult, FibCapture, LinkLookup, follow
+from .metrics import RoutingSample, ShortestPaths, _directed, shortest_paths
 from .network import NetworkModel
 from .node import SimNode
 from .report import RoutingReport
@@ -60,6 +63,10 @@ class RoutingSimNode(SimNode):
                              update_interval=update_interval, hold_time=hold_time)
         self.bytes_sent = 0
         self.routing_bytes_sent = 0
+        self.down_at: dict[bytes, float] = {}  # peer node id -> when its link last went down
+        # The router sends one update object to every neighbour: encode it once.
+        self._last_msg: object = None
+        self._last_data = b""
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
@@ -76,7 +83,11 @@ class RoutingSimNode(SimNode):
         for act in actions:
             match act:
                 case SendFrame(conn=conn, msg=msg):
-                    data = wire.encode_frame(msg)
+                    if msg is self._last_msg:
+                        data = self._last_data
+                    else:
+                        data = self._last_data = wire.encode_frame(msg)
+                        self._last_msg = msg
                     self.bytes_sent += len(data)
                     if isinstance(msg, ROUTING_TYPES):
                         self.routing_bytes_sent += len(data)
@@ -94,6 +105,7 @@ class RoutingSimNode(SimNode):
             case PeerUp(node_id=nid, public_key=pub):
                 self._execute(self.router.handle(NeighbourUp(nid, pub), now))
             case PeerDown(node_id=nid):
+                self.down_at[nid] = now
                 self._execute(self.router.handle(NeighbourDown(nid), now))
             case LinkMeasured(node_id=nid, cost=cost):
                 self._execute(self.router.handle(LinkCostChanged(nid, cost), now))
@@ -131,30 +143,110 @@ def make_topology(name: str, n: int, rng: random.Random, *, avg_degree: float = 
     raise ValueError(f"unknown topology {name!r}; one of {', '.join(TOPOLOGIES)}")
 
 
-@dataclass(slots=True)
 class RoutingSim:
-    topology: Topology
-    clock: VirtualClock
-    network: NetworkModel
-    nodes: list[RoutingSimNode]
-    failures: FailureState
-    events: list[TopologyEvent]
+    """A built network: its clock, model, nodes and failure state, and views of the FIBs.
+
+    ``truth()``/``links()`` are cached per failure state (nodes and links down), so a
+    long run with rare failures computes Dijkstra once per change, not per sample.
+    """
+
+    def __init__(self, topology: Topology, clock: VirtualClock, network: NetworkModel,
+                 nodes: list[RoutingSimNode], failures: FailureState,
+                 events: list[TopologyEvent]) -> None:
+        self.topology, self.clock, self.network = topology, clock, network
+        self.nodes, self.failures, self.events = nodes, failures, events
+        self.capture = FibCapture([node.identity.node_id for node in nodes])
+        self._key: tuple | None = None
+        self._truth: ShortestPaths | None = None
+        self._links: LinkLookup | None = None
+
+    def _refresh(self) -> None:
+        key = (frozenset(self.failures.down_nodes), frozenset(self.failures.down_links))
+        if key != self._key:
+            self._key = key
+            self._truth = shortest_paths(self.topology, down_nodes=key[0], down_links=key[1])
+            self._links = LinkLookup(self.topology.n, _directed(self.topology, key[0], key[1]))
+
+    def truth(self) -> ShortestPaths:
+        self._refresh()
+        assert self._truth is not None
+        return self._truth
+
+    def links(self) -> LinkLookup:
+        self._refresh()
+        assert self._links is not None
+        return self._links
+
+    def alive(self) -> list[int]:
+        down = self.failures.down_nodes
+        return [i for i in range(self.topology.n) if i not in down]
+
+    def nh(self) -> np.ndarray:
+        """Every FIB now, as the next-hop matrix of ``fibmatrix``."""
+        return self.capture.matrix(node.router.fib() for node in self.nodes)
+
+    def follow(self, *, hop_flag: np.ndarray | None = None, dsts=None) -> ChainResult:
+        return follow(self.nh(), self.links(), down=self.failures.down_nodes,
+                      hop_flag=hop_flag, dsts=dsts)
+
+    def sample(self) -> RoutingSample:
+        """Reachability, stretch and loops over every live (src, dst) pair with a true path."""
+        res = self.follow()
+        best = self.truth().matrix().T  # [src, dst]
+        alive = np.zeros(self.topology.n, bool)
+        alive[self.alive()] = True
+        pairs = alive[:, None] & alive[None, :] & np.isfinite(best)
+        np.fill_diagonal(pairs, False)
+        ok = pairs & res.reached
+        with np.errstate(divide="ignore", invalid="ignore"):
+            st = np.where(best[ok] > 0, res.latency[ok] / np.where(best[ok] > 0, best[ok], 1), 1.0)
+        return RoutingSample(self.clock.now, int(pairs.sum()), int(ok.sum()), len(res.loops),
+                             st.tolist())
+
+    def apply(self, event: TopologyEvent) -> None:
+        """A failure or repair now; a repaired link or node is dialled again at once."""
+        self.failures.apply(event)
+        if event.kind == "link_up":
+            self.dial(event.a, event.b)
+        elif event.kind == "node_up":
+            for l in self.topology.links:
+                if event.a in (l.a, l.b):
+                    self.dial(l.a, l.b)
+
+    def dial(self, a: int, b: int) -> None:
+        """Open the link a-b if it is usable and neither end has a connection on it."""
+        if not self.failures.is_cut(a, b) and not self.nodes[a].has_conn(b) \
+                and not self.nodes[b].has_conn(a):
+            _dial(self.nodes, self.network, a, b)
+
+    def bytes_sent(self) -> tuple[np.ndarray, np.ndarray]:
+        """(all control bytes, routing bytes) each node has sent so far."""
+        return (np.array([x.bytes_sent for x in self.nodes], dtype=np.int64),
+                np.array([x.routing_bytes_sent for x in self.nodes], dtype=np.int64))
 
 
 def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval: float = 1.0,
                       update_interval: float = 2.0, start_spread: float = 1.0,
                       churn: float = 0.0, flaps: float = 0.0, duration: float = 60.0,
-                      failures_from: float = 0.0, redial_every: float = 2.0) -> RoutingSim:
+                      failures_from: float = 0.0, redial_every: float = 2.0,
+                      regions: bool = False, late: Iterable[int] = ()) -> RoutingSim:
+    """``regions``: each router gets its place's region tag. ``late``: nodes that start
+    down (their links silent) until a ``node_up`` event, e.g. a node joining later."""
     clock = VirtualClock()
     network = NetworkModel(clock, random.Random(rng.getrandbits(64)))
     topology.apply_to(network)
     nodes = [RoutingSimNode(i, Identity(rng.randbytes(32)), clock, network,
                             random.Random(rng.getrandbits(64)), interval=probe_interval,
-                            update_interval=update_interval)
+                            update_interval=update_interval,
+                            region=(topology.places[i].region or "") if regions else "")
              for i in range(topology.n)]
     state = FailureState(topology, network)
+    for node in sorted(set(late)):
+        state.apply(TopologyEvent(0.0, "node_down", node))
     for l in topology.links:
-        clock.call_at(rng.uniform(0.0, start_spread), lambda a=l.a, b=l.b: _dial(nodes, network, a, b))
+        if not state.is_cut(l.a, l.b):
+            clock.call_at(rng.uniform(0.0, start_spread),
+                          lambda a=l.a, b=l.b: _dial(nodes, network, a, b))
     events: list[TopologyEvent] = []
     window = max(duration - failures_from, 0.0)
     if churn > 0 and window > 0:
@@ -162,16 +254,16 @@ def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval:
     if flaps > 0 and window > 0:
         events += flap_schedule(topology, flaps, window, rng, start=failures_from)
     events = [e for _, _, e in sorted((e.at, i, e) for i, e in enumerate(events))]
-    schedule_events(clock, events, state.apply)
+    sim = RoutingSim(topology, clock, network, nodes, state, events)
+    schedule_events(clock, events, sim.apply)
     if events:
+        # A dial into a node that is down times out; try again while it is not up.
         def redial() -> None:
             for l in topology.links:
-                if (not state.is_cut(l.a, l.b) and not nodes[l.a].has_conn(l.b)
-                        and not nodes[l.b].has_conn(l.a)):
-                    _dial(nodes, network, l.a, l.b)
+                sim.dial(l.a, l.b)
             clock.call_later(redial_every, redial)
         clock.call_at(start_spread + redial_every, redial)
-    return RoutingSim(topology, clock, network, nodes, state, events)
+    return sim
 
 
 def _dial(nodes: list[RoutingSimNode], network: NetworkModel, a: int, b: int) -> None:
@@ -186,23 +278,9 @@ def _dial(nodes: list[RoutingSimNode], network: NetworkModel, a: int, b: int) ->
     nodes[a].open(b, outbound=True)
 
 
-def sample(sim: RoutingSim, truth: ShortestPaths):
-    """One ``RoutingSample`` of every live node's FIB against ``truth``."""
-    index = {node.identity.node_id: node.index for node in sim.nodes}
-    down = sim.failures.down_nodes
-    alive = [i for i in range(sim.topology.n) if i not in down]
-    tables: list[dict[int, int]] = []
-    for node in sim.nodes:
-        tables.append({index[d]: index[h] for d, h in node.router.fib().items()
-                       if d in index and h in index})
-
-    def next_hop(node: int, dst: int) -> int | None:
-        hop = tables[node].get(dst)
-        if hop is None or sim.failures.is_cut(node, hop):
-            return None
-        return hop
-
-    return sample_routing(sim.clock.now, next_hop, sim.topology, truth, nodes=alive)
+def sample(sim: RoutingSim, truth: ShortestPaths | None = None) -> RoutingSample:
+    """One ``RoutingSample`` of every live node's FIB (``truth`` is the sim's own)."""
+    return sim.sample()
 
 
 def run_routing_scenario(topology_name: str, n: int, seed: int, duration: float,
@@ -219,17 +297,10 @@ def run_routing_scenario(topology_name: str, n: int, seed: int, duration: float,
                             update_interval=update_interval, churn=churn, flaps=flaps,
                             duration=duration, failures_from=start)
     samples = []
-    truth_key: tuple | None = None
-    truth: ShortestPaths | None = None
     steps = max(1, int(round(duration / sample_every)))
     for k in range(1, steps + 1):
-        t = min(k * sample_every, duration)
-        sim.clock.run_until(t)
-        key = (frozenset(sim.failures.down_nodes), frozenset(sim.failures.down_links))
-        if key != truth_key:
-            truth_key = key
-            truth = shortest_paths(topology, down_nodes=key[0], down_links=key[1])
-        samples.append(sample(sim, truth))
+        sim.clock.run_until(min(k * sample_every, duration))
+        samples.append(sim.sample())
     failures = [e.at for e in sim.events if e.kind in ("node_down", "link_down")]
     control = sum(node.bytes_sent for node in sim.nodes)
     routing = sum(node.routing_bytes_sent for node in sim.nodes)
