@@ -122,6 +122,7 @@ class Route:
     updated: float
     expires: float
     expired: bool = False
+    in_heap: bool = False  # the router's expiry heap holds an entry for (origin, neighbour)
 
     @property
     def usable(self) -> bool:

@@ -28,13 +28,21 @@ Rules (each has a unit test in ``tests/test_router.py``):
   (metric infinity, the origin's signature for the route's seqno) to every neighbour,
   and, if a source entry exists, a ``SeqnoRequest(origin, fd seqno + 1)`` to every
   neighbour (starvation recovery, §3.8), at most once per ``update_interval`` per origin.
-- Updates: a full dump (own route and every selected route) to every neighbour every
-  ``update_interval`` (each gap x U(0.9, 1.1) from ``rng``), to a new neighbour at
-  once, and on ``RouteRequest``; triggered updates to all neighbours when a route is
+- Updates: a full dump (own route and every selected route) to a new neighbour at
+  once and on ``RouteRequest``; triggered updates to all neighbours when a route is
   gained or lost, its seqno changes, or its metric moves by more than the hysteresis
-  margin from what we last advertised.
-- A route not refreshed for ``hold_time`` expires (unusable, kept another
-  ``hold_time`` for ``explain``, then removed).
+  margin from what we last advertised. Periodic refresh is paced: every
+  ``update_interval`` (each gap x U(0.9, 1.1) from ``rng``) the next ``refresh_batch``
+  routes of a round-robin over the table (own route included) go to every neighbour.
+  Links are reliable streams, so the refresh is a safety net, not the carrier of
+  news; pacing makes idle traffic per node proportional to its neighbours, not to the
+  network's size (Babel's full periodic dumps grow with both). Each update carries
+  the interval within which we will send it again: twice the current refresh cycle.
+- A route not refreshed for ``max(hold_time, 3.5 x the update's interval)`` expires
+  (unusable, kept another ``hold_time`` for ``explain``, then removed). Expiry runs
+  from a heap with one entry per route, so timers cost O(log n), not a table scan.
+- Link costs are damped: a new cost within ``cost_damping`` (3 %) of the one in use
+  is ignored, since each applied change re-evaluates every route through that link.
 - Own route: metric 0, our seqno (random start from ``rng``). A ``SeqnoRequest`` for
   us with a seqno newer than or equal to ours raises it to at least that (+1 if
   equal) and triggers an update. A request for another origin is answered if our
@@ -47,8 +55,12 @@ Rules (each has a unit test in ``tests/test_router.py``):
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
+from collections import deque
+from collections.abc import Callable
+
 from .base import Action, Event, Publish
 from .errors import LocalProtocolError, RemoteProtocolError
 from .identity import Identity, node_id_of, verify_signature
@@ -56,13 +68,26 @@ from .route_table import (Destination, Fib, FrameFromNeighbour, LinkCostChanged,
                           NeighbourUp, Route, RoutesChanged, SendToNeighbour, feasible,
                           metric_plus)
 from .route_view import RouteViews
-from .routing_messages import (FLAG_CROSSED, INFINITY, MAX_REGION_BYTES, SEQNO_MOD,
-                               RouteRequest, RouteUpdate, SeqnoRequest, route_transcript,
-                               seqno_ge, seqno_newer)
+from .routing_messages import (FLAG_CROSSED, INFINITY, MAX_INTERVAL, MAX_REGION_BYTES,
+                               SEQNO_MOD, RouteRequest, RouteUpdate, SeqnoRequest,
+                               route_transcript, seqno_ge, seqno_newer)
 
 DEFAULT_COST = 100  # an unmeasured link: 100 ms, pessimistic until the prober reports
 REQUEST_HOPS = 16
 SOURCE_GC_TIME = 180.0  # RFC 8966 Appendix B: source entries live 3 minutes unused
+HOLD_FACTOR = 3.5  # RFC 8966 §3.5.1: a route lives 3.5 announced intervals
+REFRESH_BATCH = 16  # routes refreshed per neighbour per update interval
+
+Verifier = Callable[[bytes, bytes, bytes], bool]
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """The default ``Router(verify=...)``: Ed25519, True if the signature is valid."""
+    try:
+        verify_signature(public_key, message, signature)
+    except RemoteProtocolError:
+        return False
+    return True
 
 
 class Router(RouteViews):
@@ -71,9 +96,12 @@ class Router(RouteViews):
     def __init__(self, identity: Identity, *, rng: random.Random, now: float, region: str = "",
                  update_interval: float = 4.0, hold_time: float | None = None,
                  max_routes: int = 4096, default_cost: int = DEFAULT_COST,
-                 hysteresis_frac: float = 0.05, hysteresis_min: int = 2) -> None:
-        if update_interval <= 0 or max_routes < 1:
-            raise LocalProtocolError("update_interval must be > 0 and max_routes >= 1")
+                 hysteresis_frac: float = 0.05, hysteresis_min: int = 2,
+                 refresh_batch: int = REFRESH_BATCH, cost_damping: float = 0.03,
+                 verify: Verifier = verify) -> None:
+        if update_interval <= 0 or max_routes < 1 or refresh_batch < 1:
+            raise LocalProtocolError(
+                "update_interval must be > 0, max_routes and refresh_batch >= 1")
         if len(region.encode("utf-8")) > MAX_REGION_BYTES:
             raise LocalProtocolError(f"region longer than {MAX_REGION_BYTES} bytes")
         self._id = identity
@@ -86,18 +114,27 @@ class Router(RouteViews):
         self.default_cost = default_cost
         self.hysteresis_frac = hysteresis_frac
         self.hysteresis_min = hysteresis_min
+        self.refresh_batch = refresh_batch
+        self.cost_damping = cost_damping
+        self._verify = verify
         self._seqno = rng.getrandbits(16)
         self._own_sig = (self._seqno, identity.sign(route_transcript(identity.public_key,
                                                                       self._seqno, region)))
         self._neighbours: dict[bytes, int] = {}  # node id -> link cost
+        self._measured: set[bytes] = set()  # neighbours whose cost came from the prober
         self._dests: dict[bytes, Destination] = {}
         self._sources: dict[bytes, tuple[int, int, float]] = {}  # origin -> seqno, fd, used
         self._forwarded: dict[tuple[bytes, int], float] = {}
         self._now = now
         self._next_update = now + self._gap()
-        self._deadline: float | None = None
+        self._next_gc = now + SOURCE_GC_TIME / 4
+        self._expiry: list[tuple[float, bytes, bytes]] = []  # (when, origin, neighbour)
+        self._refresh: deque[bytes] = deque((self.node_id,))  # round-robin of origins
+        self._queued: set[bytes] = {self.node_id}
+        self._fib_map: dict[bytes, bytes] = {}  # origin -> next hop, kept current
+        self._fib_version = 0
         self._fib = Fib({}, 0)
-        self._fib_dirty: dict[bytes, str] = {}  # origin -> reason, pending this call
+        self._fib_dirty: dict[bytes, bytes | None] = {}  # origin -> next hop before this call
         self._counters = dict.fromkeys(
             ("bad_signature", "infeasible", "unknown_neighbour", "table_full", "updates_sent",
              "retractions_sent", "seqno_requests_sent", "seqno_requests_forwarded",
@@ -113,6 +150,9 @@ class Router(RouteViews):
         return self._seqno
 
     def fib(self) -> Fib:
+        """The forwarding snapshot; a new immutable object only after a change."""
+        if self._fib.version != self._fib_version:
+            self._fib = Fib(self._fib_map, self._fib_version)
         return self._fib
 
     def source(self, origin: bytes) -> tuple[int, int] | None:
@@ -121,7 +161,7 @@ class Router(RouteViews):
 
     # ------------------------------------------------------------------ driving
     def handle(self, event: Event, now: float) -> list[Action]:
-        self._now, self._deadline = now, None
+        self._now = now
         match event:
             case FrameFromNeighbour(node_id=nb) if nb not in self._neighbours:
                 self._counters["unknown_neighbour"] += 1
@@ -146,34 +186,45 @@ class Router(RouteViews):
         return actions + self._publish()
 
     def next_deadline(self) -> float | None:
-        """Next periodic update or route expiry/removal; cached until handle/on_timer."""
-        if self._deadline is None:
-            t = self._next_update
-            for dest in self._dests.values():
-                for r in dest.routes.values():
-                    t = min(t, r.expires + self.hold_time if r.expired else r.expires)
-            self._deadline = t
-        return self._deadline
+        """The next paced refresh or the earliest entry of the expiry heap."""
+        if self._expiry and self._expiry[0][0] < self._next_update:
+            return self._expiry[0][0]
+        return self._next_update
 
     def on_timer(self, now: float) -> list[Action]:
-        self._now, self._deadline = now, None
+        self._now = now
         actions: list[Action] = []
-        for origin, dest in list(self._dests.items()):
-            changed = False
-            for nb, r in list(dest.routes.items()):
-                if r.expired and r.expires + self.hold_time <= now:
-                    del dest.routes[nb]
-                elif not r.expired and r.expires <= now:
-                    r.expired, r.metric = True, INFINITY
-                    changed = True
-            if changed or not dest.routes:
-                actions += self._reselect(origin, now, "expired")
+        for origin in self._expire(now):
+            actions += self._reselect(origin, now, "expired")
         if self._next_update <= now:
             self._next_update = now + self._gap()
-            for nb in self._neighbours:
-                actions += self._dump(nb)
-            self._gc(now)
+            actions += self._refresh_round()
+            if now >= self._next_gc:
+                self._next_gc = now + SOURCE_GC_TIME / 4
+                self._gc(now)
         return actions + self._publish()
+
+    def _expire(self, now: float) -> list[bytes]:
+        """Pop due heap entries; each route keeps exactly one entry while it exists."""
+        changed: dict[bytes, None] = {}
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, origin, nb = heapq.heappop(heap)
+            dest = self._dests.get(origin)
+            r = None if dest is None else dest.routes.get(nb)
+            if r is None:
+                continue
+            if r.expired and r.expires + self.hold_time <= now:
+                del dest.routes[nb]
+                if not dest.routes:
+                    changed[origin] = None
+                continue
+            if not r.expired and r.expires <= now:
+                r.expired, r.metric = True, INFINITY
+                changed[origin] = None
+            heapq.heappush(heap, (r.expires + self.hold_time if r.expired else r.expires,
+                                  origin, nb))
+        return list(changed)
 
     # ------------------------------------------------------------------ events
     def _on_update(self, nb: bytes, upd: RouteUpdate, now: float) -> list[Action]:
@@ -184,12 +235,10 @@ class Router(RouteViews):
             return []
         dest = self._dests.get(origin)
         key = (upd.seqno, upd.region, upd.signature)
-        if dest is None or dest.verified != key:
-            try:
-                verify_signature(upd.origin_pub, upd.transcript(), upd.signature)
-            except RemoteProtocolError:
-                self._counters["bad_signature"] += 1
-                return []
+        if (dest is None or dest.verified != key) and not self._verify(
+                upd.origin_pub, upd.transcript(), upd.signature):
+            self._counters["bad_signature"] += 1
+            return []
         actions: list[Action] = []
         if dest is None:
             if upd.is_retraction:
@@ -203,9 +252,13 @@ class Router(RouteViews):
             dest = self._dests[origin] = Destination(upd.origin_pub)
         dest.verified = key
         cost = self._neighbours[nb]
+        hold = max(self.hold_time, HOLD_FACTOR * upd.interval / 10)
+        old = dest.routes.get(nb)
         dest.routes[nb] = r = Route(nb, upd.seqno, upd.metric, metric_plus(upd.metric, cost),
-                                    upd.region, upd.crossed, upd.signature, now,
-                                    now + self.hold_time)
+                                    upd.region, upd.crossed, upd.signature, now, now + hold,
+                                    in_heap=old is not None)
+        if old is None:
+            heapq.heappush(self._expiry, (r.expires, origin, nb))
         if not self._feasible(origin, r):
             self._counters["infeasible"] += 1
             actions += self._request_if_better(origin, dest, r, now)
@@ -240,6 +293,7 @@ class Router(RouteViews):
     def _on_down(self, nb: bytes, now: float) -> list[Action]:
         if self._neighbours.pop(nb, None) is None:
             return []
+        self._measured.discard(nb)
         actions: list[Action] = []
         for origin, dest in list(self._dests.items()):
             if dest.routes.pop(nb, None) is not None:
@@ -250,7 +304,9 @@ class Router(RouteViews):
         if nb not in self._neighbours:
             return []
         c = max(1, min(int(round(cost)), INFINITY - 1)) if math.isfinite(cost) else INFINITY - 1
-        if c == self._neighbours[nb]:
+        prev, measured = self._neighbours[nb], nb in self._measured
+        self._measured.add(nb)
+        if c == prev or (measured and abs(c - prev) <= prev * self.cost_damping):
             return []
         self._neighbours[nb] = c
         actions: list[Action] = []
@@ -290,7 +346,14 @@ class Router(RouteViews):
         dest.selected = None if new is None else new.neighbour
         if dest.selected != old_hop:
             dest.last_change, dest.last_reason = now, reason
-            self._fib_dirty[origin] = reason
+            self._fib_dirty.setdefault(origin, old_hop)
+            if new is None:
+                del self._fib_map[origin]
+            else:
+                self._fib_map[origin] = new.neighbour
+                if origin not in self._queued:
+                    self._queued.add(origin)
+                    self._refresh.append(origin)
         actions: list[Action] = []
         if new is not None:
             adv = dest.advertised
@@ -346,13 +409,22 @@ class Router(RouteViews):
             self._sources[origin] = (r.seqno, min(r.metric, src[1]), self._now)
         dest.advertised = (r.seqno, r.metric)
         flags = FLAG_CROSSED if r.crossed or r.region != self.region else 0
-        return RouteUpdate(dest.origin_pub, r.seqno, r.metric, r.region, flags, r.signature)
+        return RouteUpdate(dest.origin_pub, r.seqno, r.metric, r.region, flags, r.signature,
+                           self._interval())
 
     def _own_update(self) -> RouteUpdate:
         if self._own_sig[0] != self._seqno:
             self._own_sig = (self._seqno, self._id.sign(
                 route_transcript(self._id.public_key, self._seqno, self.region)))
-        return RouteUpdate(self._id.public_key, self._seqno, 0, self.region, 0, self._own_sig[1])
+        return RouteUpdate(self._id.public_key, self._seqno, 0, self.region, 0, self._own_sig[1],
+                           self._interval())
+
+    def _interval(self) -> int:
+        """What we promise (deciseconds): twice the longest refresh cycle of the table as
+        it is, so that a table growing between two refreshes does not expire our routes
+        at the neighbours."""
+        rounds = -(-len(self._refresh) // self.refresh_batch)
+        return min(MAX_INTERVAL, math.ceil(20 * 1.1 * self.update_interval * rounds))
 
     def _bump_seqno(self, seqno: int) -> list[Action]:
         self._seqno = seqno
@@ -374,19 +446,41 @@ class Router(RouteViews):
                 out.append(self._send(nb, self._update_for(origin, dest, sel)))
         return out
 
+    def _refresh_round(self) -> list[Action]:
+        """The next ``refresh_batch`` origins of the round-robin, to every neighbour."""
+        out: list[Action] = []
+        for _ in range(min(self.refresh_batch, len(self._refresh))):
+            origin = self._refresh.popleft()
+            if origin == self.node_id:
+                msg = self._own_update()
+            else:
+                dest = self._dests.get(origin)
+                if dest is None:  # gone: leaves the round until it is selected again
+                    self._queued.discard(origin)
+                    continue
+                sel = dest.routes.get(dest.selected) if dest.selected else None
+                if sel is None:
+                    self._queued.discard(origin)
+                    continue
+                msg = self._update_for(origin, dest, sel)
+            self._refresh.append(origin)
+            out += self._to_all(msg)
+        return out
+
     def _publish(self) -> list[Action]:
         if not self._fib_dirty:
             return []
-        old = self._fib
-        new = {o: d.selected for o, d in self._dests.items() if d.selected is not None}
+        added, removed, changed = [], [], []
+        for origin, old in self._fib_dirty.items():
+            new = self._fib_map.get(origin)
+            if new != old:
+                (added if old is None else removed if new is None else changed).append(origin)
         self._fib_dirty.clear()
-        if new == dict(old):
+        if not (added or removed or changed):
             return []
-        self._fib = Fib(new, old.version + 1)
-        added = tuple(o for o in new if o not in old)
-        removed = tuple(o for o in old if o not in new)
-        changed = tuple(o for o in new if o in old and old[o] != new[o])
-        return [Publish(RoutesChanged(self._fib.version, len(new), added, removed, changed))]
+        self._fib_version += 1
+        return [Publish(RoutesChanged(self._fib_version, len(self._fib_map), tuple(added),
+                                      tuple(removed), tuple(changed)))]
 
     def _gap(self) -> float:
         return self.update_interval * self._rng.uniform(0.9, 1.1)

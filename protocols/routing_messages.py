@@ -6,8 +6,12 @@ origin's public key, and the origin signs what it alone may say about it.
 
 Layouts (after the two-byte frame header of ``wire.py``; integers big-endian):
 
-- ``RouteUpdate`` 0x10: ``origin_pub[32] | seqno:u16 | metric:u16 | region:text8 |
-  flags:u8 | signature[64]``. ``metric`` 0xFFFF is infinity: a retraction.
+- ``RouteUpdate`` 0x10: ``origin_pub[32] | seqno:u16 | metric:u16 | interval:u16 |
+  region:text8 | flags:u8 | signature[64]``. ``metric`` 0xFFFF is infinity: a retraction.
+  ``interval`` (RFC 8966 §4.6.9) is the sender's promise, in deciseconds, that it will
+  send this route again within that time; the receiver holds the route 3.5 intervals.
+  0 means no promise (the receiver uses its own hold time). It grows with the
+  sender's table because periodic refreshes are paced (``router.py``).
   ``flags`` bit 0 (``FLAG_CROSSED``): some node on the path from the origin to the
   sender (the sender included) is in a region other than the origin's. Other flag
   bits are reserved: sent as 0, kept on decode. ``region`` is at most
@@ -41,6 +45,7 @@ INFINITY = 0xFFFF
 SEQNO_MOD = 1 << 16
 MAX_REGION_BYTES = 32
 FLAG_CROSSED = 0x01
+MAX_INTERVAL = 0xFFFF  # deciseconds: about 109 minutes
 
 
 def route_transcript(origin_pub: bytes, seqno: int, region: str) -> bytes:
@@ -72,8 +77,8 @@ def _check(v: int, hi: int, what: str) -> None:
 @dataclass(frozen=True, slots=True)
 class RouteUpdate(wire.Message):
     TYPE: ClassVar[int] = 0x10
-    MAX_SIZE: ClassVar[int] = (wire.HEADER_SIZE + PUBLIC_KEY_SIZE + 2 + 2 + 1 + MAX_REGION_BYTES
-                               + 1 + SIGNATURE_SIZE)
+    MAX_SIZE: ClassVar[int] = (wire.HEADER_SIZE + PUBLIC_KEY_SIZE + 2 + 2 + 2 + 1
+                               + MAX_REGION_BYTES + 1 + SIGNATURE_SIZE)
 
     origin_pub: bytes
     seqno: int
@@ -81,6 +86,7 @@ class RouteUpdate(wire.Message):
     region: str
     flags: int
     signature: bytes
+    interval: int = 0  # deciseconds until the sender refreshes this route; 0 = unknown
 
     def __post_init__(self) -> None:
         _need(self.origin_pub, PUBLIC_KEY_SIZE, "origin public key")
@@ -88,6 +94,7 @@ class RouteUpdate(wire.Message):
         _check(self.seqno, 0xFFFF, "seqno")
         _check(self.metric, 0xFFFF, "metric")
         _check(self.flags, 0xFF, "flags")
+        _check(self.interval, MAX_INTERVAL, "interval")
         if len(self.region.encode("utf-8")) > MAX_REGION_BYTES:
             raise LocalProtocolError(f"region longer than {MAX_REGION_BYTES} bytes")
 
@@ -104,19 +111,20 @@ class RouteUpdate(wire.Message):
 
     def encode_body(self) -> bytes:
         return (wire.Writer().raw(self.origin_pub).u16(self.seqno).u16(self.metric)
-                .text8(self.region).u8(self.flags).raw(self.signature).getvalue())
+                .u16(self.interval).text8(self.region).u8(self.flags).raw(self.signature)
+                .getvalue())
 
     @classmethod
     def decode_body(cls, r: wire.Reader) -> RouteUpdate:
         origin_pub = r.take(PUBLIC_KEY_SIZE)
-        seqno, metric = r.u16(), r.u16()
+        seqno, metric, interval = r.u16(), r.u16(), r.u16()
         region = r.text8()
         if len(region.encode("utf-8")) > MAX_REGION_BYTES:
             raise DecodeError(f"region longer than {MAX_REGION_BYTES} bytes")
         flags = r.u8()
         signature = r.take(SIGNATURE_SIZE)
         r.end()
-        return cls(origin_pub, seqno, metric, region, flags, signature)
+        return cls(origin_pub, seqno, metric, region, flags, signature, interval)
 
 
 @wire.register

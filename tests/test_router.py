@@ -546,7 +546,75 @@ def test_next_deadline_is_the_earliest_expiry_and_follows_changes():
     r = make(update_interval=100.0, hold_time=10.0)
     feed(r, A, signed(O, 1, 5), now=1.0)
     assert r.next_deadline() == 11.0
-    feed(r, A, signed(O, 1, 5), now=3.0)               # refresh moves it
+    feed(r, A, signed(O, 1, 5), now=3.0)               # refresh moves the expiry to 13
+    # The heap keeps one entry per route, so the old time may still wake us (early
+    # wake-ups are allowed by the protocol contract); that wake-up expires nothing.
+    assert r.next_deadline() in (11.0, 13.0)
+    assert r.on_timer(r.next_deadline()) == [] and r.fib()[O.node_id] == A.node_id
     assert r.next_deadline() == 13.0
     r.on_timer(13.0)                                    # expired: kept until 23 for explain
+    assert O.node_id not in r.fib()
     assert r.next_deadline() == 23.0
+    r.on_timer(23.0)
+    assert r.routes(23.0) == [] and r.next_deadline() == r._next_update  # noqa: SLF001
+
+
+def test_announced_interval_sets_the_hold_time():
+    r = make(update_interval=4.0)                       # own hold time 14 s
+    upd = signed(O, 1, 5)
+    feed(r, A, RouteUpdate(upd.origin_pub, 1, 5, "", 0, upd.signature, interval=1000), now=0.0)
+    r.on_timer(14.0)
+    assert r.fib()[O.node_id] == A.node_id              # 3.5 x 100 s, not 14 s
+    r.on_timer(349.0)
+    assert r.fib()[O.node_id] == A.node_id
+    r.on_timer(350.0)
+    assert O.node_id not in r.fib()
+
+
+def test_periodic_refresh_is_paced_so_idle_traffic_does_not_grow_with_the_table():
+    sent = {}
+    for n in (4, 200):
+        r = make(update_interval=4.0)
+        for i in range(n):  # announced interval 100 s: held 350 s without refresh
+            upd = signed(Identity(bytes([i % 256, 1 + i // 256]) * 16), 1, 5)
+            feed(r, A, RouteUpdate(upd.origin_pub, 1, 5, "", 0, upd.signature, interval=1000))
+        count, t = 0, 0.0
+        while (t := r.next_deadline()) <= 300.0:
+            count += len(sends(r.on_timer(t)))
+        sent[n] = count
+    rounds = 300 / (4.0 * 1.1), 300 / (4.0 * 0.9) + 1
+    # 4 routes + our own fit in one batch: each round sends all 5 to both neighbours.
+    # 200 routes + ours take 13 rounds: each round sends one batch of 16, not the table.
+    assert sent[4] <= 5 * 2 * rounds[1]
+    assert 16 * 2 * (rounds[0] - 1) <= sent[200] <= 16 * 2 * rounds[1]
+    r200 = r
+    upd = sends(r200.on_timer(r200.next_deadline()))[0][1]
+    assert upd.interval >= 10 * 4.0 * 13  # promises a full cycle, at least
+
+
+def test_small_cost_changes_are_damped_large_ones_reroute():
+    r = make(neighbours=((A, 100), (B, 100)))
+    feed(r, A, signed(O, 1, 0))
+    assert r.fib()[O.node_id] == A.node_id and r.routes()[0]["metric"] == 100
+    r.handle(LinkCostChanged(A.node_id, 102), 1.0)      # 2 %: ignored, nothing recomputed
+    assert r.routes()[0]["metric"] == 100
+    r.handle(LinkCostChanged(A.node_id, 110), 2.0)      # 10 %: applied
+    assert r.routes()[0]["metric"] == 110
+
+
+def test_signature_check_is_injectable_and_skipped_for_a_known_signature():
+    calls = []
+
+    def counting(pub, msg, sig):
+        calls.append(pub)
+        return True
+
+    r = make(verify=counting)
+    upd = signed(O, 1, 5)
+    feed(r, A, upd)
+    feed(r, A, upd, now=1.0)                             # same signature: no second check
+    feed(r, B, upd, now=1.0)
+    assert len(calls) == 1
+    refuse = make(verify=lambda pub, msg, sig: False)
+    feed(refuse, A, upd)
+    assert refuse.counters["bad_signature"] == 1 and O.node_id not in refuse.fib()

@@ -17,9 +17,9 @@ NID = bytes(range(0x40, 0x60))
 
 GOLDEN = [
     (RouteUpdate(PUB, 0x0102, 0x0304, "", 0, SIG),
-     "0110" + PUB.hex() + "0102" + "0304" + "00" + "00" + SIG.hex()),
-    (RouteUpdate(PUB, 0xFFFF, INFINITY, "eu", 1, SIG),
-     "0110" + PUB.hex() + "ffff" + "ffff" + "02" + "6575" + "01" + SIG.hex()),
+     "0110" + PUB.hex() + "0102" + "0304" + "0000" + "00" + "00" + SIG.hex()),
+    (RouteUpdate(PUB, 0xFFFF, INFINITY, "eu", 1, SIG, interval=0x0a0b),
+     "0110" + PUB.hex() + "ffff" + "ffff" + "0a0b" + "02" + "6575" + "01" + SIG.hex()),
     (SeqnoRequest(NID, 0x1234, 16), "0111" + NID.hex() + "1234" + "10"),
     (RouteRequest(), "0112"),
 ]
@@ -54,11 +54,12 @@ def test_transcript_layout_and_signature():
 
 
 @pytest.mark.parametrize("bad", [
-    "0110" + PUB.hex() + "0102" + "0304" + "00" + "00" + SIG.hex()[:-2],   # short signature
-    "0110" + PUB.hex() + "0102" + "0304" + "00" + "00" + SIG.hex() + "00",  # trailing byte
-    "0110" + PUB.hex() + "0102" + "0304" + "05" + "6162" ,                 # region cut
-    "0110" + PUB.hex() + "0102" + "0304" + "02" + "fffe" + "00" + SIG.hex(),  # bad UTF-8
-    "0110" + PUB.hex() + "0102" + "0304" + "21" + "61" * 33 + "00" + SIG.hex(),  # region 33 B
+    "0110" + PUB.hex() + "0102" + "0304" + "0000" + "00" + "00" + SIG.hex()[:-2],  # short sig
+    "0110" + PUB.hex() + "0102" + "0304" + "0000" + "00" + "00" + SIG.hex() + "00",  # trailing
+    "0110" + PUB.hex() + "0102" + "0304" + "0000" + "05" + "6162",        # region cut
+    "0110" + PUB.hex() + "0102" + "0304" + "0000" + "02" + "fffe" + "00" + SIG.hex(),  # UTF-8
+    "0110" + PUB.hex() + "0102" + "0304" + "00",                          # interval cut
+    "0110" + PUB.hex() + "0102" + "0304" + "0000" + "21" + "61" * 33 + "00" + SIG.hex(),  # 33 B
     "0110" + PUB.hex()[:-2],
     "0111" + NID.hex() + "1234",
     "0111" + NID.hex() + "1234" + "10" + "00",
@@ -76,6 +77,7 @@ def test_malformed_frames_raise_decode_error(bad):
     lambda: RouteUpdate(PUB, 0, -1, "", 0, SIG),
     lambda: RouteUpdate(PUB, 0, 0, "", 256, SIG),
     lambda: RouteUpdate(PUB, 0, 0, "r" * 33, 0, SIG),
+    lambda: RouteUpdate(PUB, 0, 0, "", 0, SIG, interval=0x10000),
     lambda: SeqnoRequest(NID[:31], 0, 0),
     lambda: SeqnoRequest(NID, 0x10000, 0),
     lambda: SeqnoRequest(NID, 0, 256),
@@ -118,7 +120,7 @@ def test_fuzz_routing_bodies(body):
 messages = st.one_of(
     st.builds(RouteUpdate, st.binary(min_size=32, max_size=32), st.integers(0, 0xFFFF),
               st.integers(0, 0xFFFF), st.text(max_size=8), st.integers(0, 0xFF),
-              st.binary(min_size=64, max_size=64)),
+              st.binary(min_size=64, max_size=64), st.integers(0, 0xFFFF)),
     st.builds(SeqnoRequest, st.binary(min_size=32, max_size=32), st.integers(0, 0xFFFF),
               st.integers(0, 0xFF)),
     st.just(RouteRequest()),
