@@ -1,6 +1,6 @@
 """Real processes on loopback, a diamond: A-B-D and A-C-D, where B reaches D through a
-delay proxy. A routes to D via C; killing C moves the route to B within a bound derived
-from the probe interval, and restarting C brings it back.
+delay proxy. A routes to D via C; killing or freezing C moves the route to B within a bound
+derived from the probe interval, and bringing C back moves it back.
 
         B --(proxy +DELAY_MS each way)-- D
        /                                 /
@@ -9,6 +9,7 @@ from the probe interval, and restarting C brings it back.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -71,9 +72,14 @@ def send_ok(src, dst, text: str) -> None:
     assert [m["data"] for m in got] == [text]
 
 
-def test_diamond_prefers_the_fast_side_and_reroutes_when_it_dies(tmp_path):
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+def test_diamond_prefers_the_fast_side_and_reroutes_when_it_fails(tmp_path, how):
+    """``kill``: SIGKILL, C's sockets close at once (the peers see the link go down).
+    ``freeze``: SIGSTOP, C's sockets stay open and silent, so only the probers' dead
+    detection (4 probe intervals) can notice; SIGCONT brings C back."""
     mesh = LocalMesh(tmp_path, extra_args=("--probe-interval", str(PROBE)))
     proxy = None
+    frozen = None
     try:
         d = mesh.start_node("d")
         proxy = DelayProxy(listen="tcp://127.0.0.1:0", target=d.endpoint, delay_ms=DELAY_MS)
@@ -108,15 +114,24 @@ def test_diamond_prefers_the_fast_side_and_reroutes_when_it_dies(tmp_path):
 
         # -- C dies: the route moves to B -----------------------------------------------
         t0 = time.monotonic()
-        mesh.stop_node("c", sig=signal.SIGKILL)
+        if how == "kill":
+            mesh.stop_node("c", sig=signal.SIGKILL)
+        else:
+            frozen = c.process
+            os.kill(frozen.pid, signal.SIGSTOP)
         new = wait_for(lambda: via(a, d, b), REROUTE_BUDGET, "A's route to D to move to B",
                        interval=0.01)
         reroute = time.monotonic() - t0
         wait_for(lambda: via(d, a, b), REROUTE_BUDGET, "D's route to A to move to B",
                  interval=0.01)
         back = time.monotonic() - t0
-        print(f"reroute A->D via B after {reroute * 1000:.0f} ms (D->A {back * 1000:.0f} ms, "
-              f"budget {REROUTE_BUDGET * 1000:.0f} ms), metric {new['metric']}")
+        print(f"{how}: reroute A->D via B after {reroute * 1000:.0f} ms (D->A "
+              f"{back * 1000:.0f} ms, budget {REROUTE_BUDGET * 1000:.0f} ms), metric "
+              f"{new['metric']}")
+        if how == "freeze":
+            # Only dead detection saw it: the last ack came at most about one probe
+            # interval before the freeze, so not much sooner than 3 intervals after it.
+            assert reroute >= 2 * PROBE
         assert new["metric"] > SLOW_METRIC, new  # it crosses the slow link now
         assert not any(r["next_hop"] == c.node_id for r in routes_to(a, d))
         after = ping_ok(a, d)
@@ -124,15 +139,21 @@ def test_diamond_prefers_the_fast_side_and_reroutes_when_it_dies(tmp_path):
         send_ok(a, d, "around the dead corner")
         print(f"ping via B: {after['rtt_ms']:.2f} ms")
 
-        # -- C comes back (it dials A and D: its old port is gone): the route follows ---
+        # -- C comes back: the route follows --------------------------------------------
         t1 = time.monotonic()
-        c = mesh.start_node("c", peers=[d.endpoint, a.endpoint])
+        if how == "kill":  # a new process on a new port: it dials A and D
+            c = mesh.start_node("c", peers=[d.endpoint, a.endpoint])
+        else:  # the same process: A had closed the link and redials C's endpoint
+            os.kill(frozen.pid, signal.SIGCONT)
+            frozen = None
         wait_for(lambda: via(a, d, c), 15, "A's route to D to return to C", interval=0.02)
-        print(f"route back via C {(time.monotonic() - t1) * 1000:.0f} ms after C's restart "
-              f"began (process start, link, measurement and update)")
+        print(f"route back via C {(time.monotonic() - t1) * 1000:.0f} ms after C's return "
+              f"began (process start if killed, link, measurement and update)")
         assert via(a, d, c)["metric"] < SLOW_METRIC
         assert ping_ok(a, d)["rtt_ms"] > 0
     finally:
+        if frozen is not None and frozen.poll() is None:
+            os.kill(frozen.pid, signal.SIGCONT)  # a stopped process would ignore SIGTERM
         if proxy is not None:
             proxy.stop()
         mesh.close()
