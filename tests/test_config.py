@@ -269,9 +269,9 @@ def test_a_running_node_reports_its_region(tmp_path):
     import subprocess
     import sys
 
-    from sporenet.local_mesh import LocalMesh
+    from sporenet.local_mesh import LocalMesh, wait_for
 
-    with LocalMesh(tmp_path) as mesh:
+    with LocalMesh(tmp_path, extra_args=("--probe-interval", "0.2")) as mesh:
         node = mesh.start_node("eu1", extra_args=("--region", "eu-west"))
         assert node.api.status()["region"] == "eu-west" and node.info["region"] == "eu-west"
         cli = [sys.executable, "-m", "sporenet.cli", "status", "--api", node.info["api"]]
@@ -279,3 +279,11 @@ def test_a_running_node_reports_its_region(tmp_path):
         assert json.loads(out.stdout)["region"] == "eu-west"
         out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and "eu-west" in out.stdout, out.stdout + out.stderr
+
+        other = mesh.start_node("us1", peers=[node.endpoint], extra_args=("--region", "us"))
+
+        def region_of_route() -> str | None:
+            rows = [r for r in other.api.get("/v1/routes")["routes"]
+                    if r["destination"] == node.node_id and r["selected"]]
+            return rows[0]["region"] if rows else None
+        assert wait_for(region_of_route, 20, "us1 to learn a route to eu1") == "eu-west"

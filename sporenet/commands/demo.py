@@ -1,80 +1,223 @@
-"""``sporenet demo``: a local mesh on loopback, no root, no config; exits 0 on success.
+"""``sporenet demo``: a routed mesh on loopback, no root, no config; exits 0 on success.
 
-Starts three real ``sporenet up`` processes, links them, shows each node's peers
-with the RTT, jitter and loss the probers measured, stops one node without
-warning and shows the others notice it. Every process it starts is stopped by
-its pid, and its temporary directory removed, even when something fails.
+Seven real ``sporenet up`` processes, linked so that the fewest-hops path is not the
+fastest one (userspace delay proxies slow two links; this kernel has no netem)::
+
+    alpha ─ bravo ─ charlie ─ delta ─ golf      fast: 4 hops, no delay
+    alpha ─(+40 ms RTT)─ echo ─ delta ─ golf    detour: 3 hops
+    alpha ─ sierra ─(+80 ms RTT)─ golf          fewest hops: 2, slowest
+
+The demo waits for the routes to converge (alpha must pick the 4-hop path), pings
+and sends a message across it, SIGKILLs the transit node bravo, measures how long
+alpha's route takes to move, pings over the new path and prints a summary. Every
+process and proxy is stopped, and the temporary directory removed, in a ``finally``.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from sporenet.local_mesh import LocalMesh, MeshError, wait_for
+from sporenet.api_client import ApiClientError
+from sporenet.logs import configure_logging
+from sporenet.local_mesh import (LocalMesh, MeshError, ping, selected_routes, send_message,
+                                 trace, wait_for)
 
-NAMES = ("alpha", "bravo", "charlie")
+SRC, DST, VICTIM = "alpha", "golf", "bravo"
+# One-way proxy delays (a link's RTT grows by twice that), far above loopback RTTs (~1-5
+# ms per link, even on a loaded machine) so the choice of path never depends on noise.
+SLOW_MS, DETOUR_MS = 40, 20
+LINKS = (  # (dialer, listener, one-way delay ms); listeners start first
+    ("charlie", "bravo", 0), ("charlie", "delta", 0), ("echo", "delta", 0),
+    ("golf", "delta", 0), ("golf", "sierra", SLOW_MS),
+    ("alpha", "bravo", 0), ("alpha", "echo", DETOUR_MS), ("alpha", "sierra", 0),
+)
+FAST = ["alpha", "bravo", "charlie", "delta", "golf"]
+DETOUR = ["alpha", "echo", "delta", "golf"]
+FEWEST_HOPS = ["alpha", "sierra", "golf"]
+PROBE_INTERVAL = 0.25
+START_TIMEOUT = 30.0  # per node, for its node.json
+TIMEOUT = 30.0        # for each state a step waits for
 
 
-def _peers_table(mesh: LocalMesh, title: str) -> Table:
-    names = {n.node_id: name for name, n in mesh.nodes.items()}
-    table = Table(title=title, title_justify="left")
-    for col in ("node", "address", "peer", "direction", "RTT ms", "jitter ms", "loss", "cost"):
-        table.add_column(col, justify="right" if col[0].isupper() or col in ("loss", "cost") else "left")
-    for name, node in mesh.nodes.items():
-        if not node.alive():
-            table.add_row(name, node.info["address"], "[red]stopped[/red]", "", "", "", "", "")
-            continue
-        for p in node.api.peers()["peers"]:
-            table.add_row(name, node.info["address"], names.get(p["node_id"], p["node_id"][:8]),
-                          "out" if p["outbound"] else "in",
-                          f"{p['rtt_ms']:.3f}" if p["rtt_ms"] is not None else "-",
-                          f"{p['jitter_ms']:.3f}" if p["jitter_ms"] is not None else "-",
-                          f"{p['loss']:.0%}" if p["loss"] is not None else "-",
-                          f"{p['cost']:.2f}" if p["cost"] is not None else "-")
+class DemoFailed(Exception):
+    """A step did not reach its expected state; the message says which and why."""
+
+
+class Steps:
+    """Runs the demo's steps, timing each; the rows become the summary table."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.rows: list[tuple[str, str, float, bool]] = []
+
+    def run(self, title: str, fn: Callable[[], str]) -> None:
+        self.console.print(f"\n[bold]{len(self.rows) + 1}. {title}[/bold]")
+        t0 = time.monotonic()
+        try:
+            detail = fn()
+        except (MeshError, ApiClientError, DemoFailed) as e:
+            self.rows.append((title, str(e).splitlines()[0], time.monotonic() - t0, False))
+            raise DemoFailed(f"step {len(self.rows)} ({title}): {e}") from None
+        self.rows.append((title, detail, time.monotonic() - t0, True))
+
+    def table(self) -> Table:
+        table = Table(title="sporenet demo: summary", title_justify="left")
+        for col, just in (("#", "right"), ("step", "left"), ("result", "left"),
+                          ("time", "right"), ("", "left")):
+            table.add_column(col, justify=just)
+        for i, (title, detail, secs, ok) in enumerate(self.rows, 1):
+            table.add_row(str(i), title, detail, f"{secs:.2f} s",
+                          "[green]PASS[/green]" if ok else "[red]FAIL[/red]")
+        return table
+
+
+def _arrow(path: list[str] | None) -> str:
+    return " → ".join(path) if path else "(no path)"
+
+
+def _peer_cost(mesh: LocalMesh, name: str, peer: str) -> float:
+    rows = mesh.nodes[name].api.peers()["peers"]
+    return next((p["cost"] or 0.0 for p in rows if p["node_id"] == mesh.nodes[peer].node_id), 0.0)
+
+
+def _converged(mesh: LocalMesh) -> bool:
+    """Every node routes to every other, the slow links are measured as slow, alpha knows
+    three ways to golf, and alpha and golf route to each other over the fast path."""
+    ids = {n.node_id for n in mesh.nodes.values()}
+    if any(set(selected_routes(n)) < ids - {n.node_id} for n in mesh.nodes.values()):
+        return False
+    if any(d and _peer_cost(mesh, a, b) < 2 * d for a, b, d in LINKS):
+        return False
+    to_dst = [r for r in mesh.nodes[SRC].api.get("/v1/routes")["routes"]
+              if r["destination"] == mesh.nodes[DST].node_id]
+    return (len(to_dst) >= 3 and trace(mesh, SRC, DST) == FAST
+            and trace(mesh, DST, SRC) == FAST[::-1])
+
+
+def _routes_table(mesh: LocalMesh) -> Table:
+    table = Table(title=f"{SRC}'s routing table", title_justify="left")
+    for col in ("destination", "next hop", "metric", "path (each hop's selected route)"):
+        table.add_column(col, justify="right" if col == "metric" else "left")
+    for dest_id, r in sorted(selected_routes(mesh.nodes[SRC]).items(), key=lambda kv: kv[1]["metric"]):
+        dest = mesh.name_of(dest_id)
+        table.add_row(dest, mesh.name_of(r["next_hop"]), str(r["metric"]),
+                      _arrow(trace(mesh, SRC, dest)))
     return table
 
 
-def _measured(node, want: set[str]) -> bool:
-    # A few samples, so the smoothed RTT and jitter have settled past the first probe.
-    got = {p["node_id"] for p in node.api.peers()["peers"] if p.get("samples", 0) >= 4}
-    return want <= got
+def _ping_ok(mesh: LocalMesh) -> dict[str, Any]:
+    src, dst = mesh.nodes[SRC], mesh.nodes[DST]
+    res = wait_for(lambda: (lambda r: r if r["state"] == "ok" else None)(ping(src, dst.node_id)),
+                   TIMEOUT, f"a ping {SRC} → {DST} to be answered", interval=0.05)
+    if res["hops"] < 3:
+        raise DemoFailed(f"the ping crossed {res['hops']} hops, expected at least 3")
+    return res
 
 
-def run_demo(console: Console, base: Path) -> None:
-    mesh = LocalMesh(base, extra_args=("--probe-interval", "0.25"))
+def run_demo(console: Console, base: Path) -> dict[str, Any]:
+    """Run every step; return the figures (for tests). Raises ``DemoFailed``."""
+    mesh = LocalMesh(base, extra_args=("--probe-interval", str(PROBE_INTERVAL)))
+    steps, out = Steps(console), {}
     try:
-        t0 = time.monotonic()
-        console.print(f"[bold]Starting {len(NAMES)} nodes on loopback[/bold] (run dirs under {base})")
-        first = mesh.start_node(NAMES[0])
-        mesh.start_node(NAMES[1], peers=[first.endpoint])
-        mesh.start_node(NAMES[2], peers=[first.endpoint, mesh.nodes[NAMES[1]].endpoint])
-        for name, node in mesh.nodes.items():
-            console.print(f"  {name:8} {node.info['address']:40} {node.endpoint}  api {node.info['api']}")
-        ids = {n.node_id for n in mesh.nodes.values()}
-        for name, node in mesh.nodes.items():
-            wait_for(lambda: _measured(node, ids - {node.node_id}), 30, f"{name} to measure its links")
-        console.print(f"\n[green]Mesh linked and measured in {time.monotonic() - t0:.1f} s[/green]")
-        console.print(_peers_table(mesh, "Links, as each node's prober measured them"))
+        def start() -> str:
+            mesh.start_topology(LINKS, timeout=START_TIMEOUT)
+            for name, n in mesh.nodes.items():
+                console.print(f"  {name:8} {n.node_id[:8]}  {n.endpoint:22}  api {n.info['api']}")
+            return f"{len(mesh.nodes)} nodes, {len(mesh.proxies)} delay proxies"
 
-        victim = NAMES[2]
-        console.print(f"\n[bold]Stopping {victim} without warning (SIGKILL)[/bold]")
-        t1 = time.monotonic()
-        mesh.stop_node(victim, sig=9)
-        gone = mesh.nodes[victim].node_id
-        for name in NAMES[:2]:
-            node = mesh.nodes[name]
-            wait_for(lambda: gone not in {p["node_id"] for p in node.api.peers()["peers"]}, 30,
-                     f"{name} to notice {victim} is gone")
-        console.print(f"[green]Both survivors dropped {victim} after {time.monotonic() - t1:.2f} s[/green]")
-        console.print(_peers_table(mesh, "Links after the failure"))
-        console.print("\nNext: `sporenet keygen` and `sporenet up --help` to run your own node.")
+        def converge() -> str:
+            wait_for(lambda: _converged(mesh), TIMEOUT, f"the routes to converge ({SRC} → {DST} "
+                     f"via {_arrow(trace(mesh, SRC, DST))}, expected {_arrow(FAST)})", interval=0.1)
+            console.print(_routes_table(mesh))
+            why = mesh.nodes[SRC].api.get("/v1/explain", destination=mesh.nodes[DST].node_id)
+            sel = why["selected"]
+            console.print(f"  sporenet explain {DST} (on {SRC}): via {mesh.name_of(sel['next_hop'])}, "
+                          f"metric {sel['metric']}, selected")
+            for alt in why["alternatives"]:
+                console.print(f"    via {mesh.name_of(alt['next_hop']):8} metric {alt['metric']:>5}: "
+                              f"{alt['ruled_out']}")
+            console.print(f"  fewest hops: {_arrow(FEWEST_HOPS)}, but sierra–golf adds "
+                          f"{2 * SLOW_MS} ms RTT")
+            out["path_before"] = FAST
+            n = len(mesh.nodes)
+            return (f"all {n * (n - 1)} routes; {SRC} → {DST} over {len(FAST) - 1} fast hops "
+                    f"via {VICTIM} (fewest: {len(FEWEST_HOPS) - 1}, slow)")
+
+        def ping_before() -> str:
+            res = _ping_ok(mesh)
+            out["hops_before"], out["rtt_before_ms"] = res["hops"], res["rtt_ms"]
+            console.print(f"  reply from {DST}: rtt {res['rtt_ms']:.2f} ms, {res['hops']} hops")
+            return f"{res['hops']} hops, {res['rtt_ms']:.2f} ms"
+
+        def message() -> str:
+            text = f"hello {DST}, from {SRC}"
+            t0 = time.monotonic()
+            res = send_message(mesh.nodes[SRC], mesh.nodes[DST].info["address"], "demo", text)
+            if res["state"] != "delivered":
+                raise DemoFailed(f"message not delivered: {res.get('reason', res['state'])}")
+            acked = time.monotonic() - t0
+            got = wait_for(lambda: mesh.nodes[DST].api.get("/v1/messages", topic="demo")["messages"],
+                           10, f"{DST} to hand out the message")
+            if got[0].get("data") != text or got[0]["from"] != mesh.nodes[SRC].info["address"]:
+                raise DemoFailed(f"{DST} received {got[0]!r}, expected {text!r} from {SRC}")
+            console.print(f"  {DST} received {got[0]['data']!r} on topic {got[0]['topic']!r}\n"
+                          f"    from {got[0]['from']} ({SRC}'s address)", markup=False)
+            return f"delivered, acked in {acked * 1000:.0f} ms"
+
+        def kill() -> str:
+            out["killed_at"] = time.monotonic()
+            mesh.stop_node(VICTIM, sig=signal.SIGKILL)
+            return f"{VICTIM} (pid {mesh.nodes[VICTIM].process.pid}) killed"
+
+        def reroute() -> str:
+            src, victim_id = mesh.nodes[SRC], mesh.nodes[VICTIM].node_id
+            dst_id = mesh.nodes[DST].node_id
+            wait_for(lambda: (r := selected_routes(src).get(dst_id)) and r["next_hop"] != victim_id,
+                     TIMEOUT, f"{SRC}'s route to {DST} to leave {VICTIM}", interval=0.01)
+            out["reroute_s"] = time.monotonic() - out["killed_at"]
+            wait_for(lambda: trace(mesh, SRC, DST) == DETOUR and trace(mesh, DST, SRC) == DETOUR[::-1],
+                     TIMEOUT, f"{SRC} and {DST} to route to each other over {_arrow(DETOUR)} "
+                     f"(now {_arrow(trace(mesh, SRC, DST))} and {_arrow(trace(mesh, DST, SRC))})",
+                     interval=0.02)
+            out["settled_s"] = time.monotonic() - out["killed_at"]
+            out["path_after"] = DETOUR
+            console.print(f"  {SRC}'s route to {DST} left {VICTIM} {out['reroute_s']:.2f} s after the kill\n"
+                          f"  both directions on {_arrow(DETOUR)} after {out['settled_s']:.2f} s")
+            return f"moved after {out['reroute_s']:.2f} s, settled on {_arrow(DETOUR)} after " \
+                   f"{out['settled_s']:.2f} s"
+
+        def ping_after() -> str:
+            res = _ping_ok(mesh)
+            out["hops_after"], out["rtt_after_ms"] = res["hops"], res["rtt_ms"]
+            out["restored_s"] = time.monotonic() - out["killed_at"]
+            console.print(f"  reply from {DST}: rtt {res['rtt_ms']:.2f} ms, {res['hops']} hops")
+            return f"{res['hops']} hops, {res['rtt_ms']:.2f} ms ({out['restored_s']:.2f} s after kill)"
+
+        t0 = time.monotonic()
+        console.print(f"[bold]sporenet demo[/bold]: 7 nodes on loopback, run dirs under {base}")
+        try:
+            for title, fn in ((f"start {len({n for l in LINKS for n in l[:2]})} nodes", start),
+                              ("routes converge", converge), (f"ping {SRC} → {DST}", ping_before),
+                              (f"message {SRC} → {DST}", message), (f"SIGKILL {VICTIM}", kill),
+                              (f"{SRC} reroutes", reroute), (f"ping {SRC} → {DST} again", ping_after)):
+                steps.run(title, fn)
+        finally:
+            console.print()
+            console.print(steps.table())
+        out["total_s"] = time.monotonic() - t0
+        console.print(f"[green]demo passed[/green]: {len(steps.rows)} steps in {out['total_s']:.1f} s; "
+                      f"rerouted in {out['reroute_s']:.2f} s; pings crossed {out['hops_before']} "
+                      f"then {out['hops_after']} hops")
+        return out
     finally:
         mesh.close()
 
@@ -82,13 +225,18 @@ def run_demo(console: Console, base: Path) -> None:
 @click.command("demo")
 @click.option("--keep", is_flag=True, help="keep the run directories (logs, node.json) afterwards")
 def command(keep: bool) -> None:
-    """Run a small local mesh on loopback and show it working (no root needed)."""
-    console = Console()
+    """Run a routed 7-node mesh on loopback: lowest latency wins over fewest hops, a
+    transit node dies, traffic reroutes. No root needed; a few seconds."""
+    configure_logging("warning", "console")  # the proxies' info lines would clutter the screen
+    console = Console(highlight=False)
     base = Path(tempfile.mkdtemp(prefix="sporenet-demo-"))
     try:
         run_demo(console, base)
-    except MeshError as e:
-        raise click.ClickException(f"demo failed: {e} (logs in {base})") from None
+    except DemoFailed as e:
+        hint = f"node logs in {base}" if keep else "rerun with --keep to keep the node logs"
+        raise click.ClickException(f"demo failed at {e} ({hint})") from None
     finally:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
+        else:
+            console.print(f"run directories kept in {base}")
