@@ -1,4 +1,6 @@
-"""``sporenet routes``: every destination the node knows, with next hop, metric, seqno and age."""
+"""``sporenet routes``: every destination the node knows, with next hop, metric, seqno and age,
+then the router's non-zero counters (e.g. ``bad_signature``: updates refused because the
+origin's signature did not verify)."""
 
 from __future__ import annotations
 
@@ -34,4 +36,9 @@ def command(api: str, as_json: bool, show_all: bool) -> None:
         state = "selected" if r["selected"] else ("feasible" if r["feasible"] else "infeasible")
         table.add_row(r["destination"][:8], r["address"], r["next_hop"][:8], str(r["metric"]),
                       str(r["seqno"]), f"{r['age']:.1f}", state)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    counters = {k: v for k, v in sorted(data.get("counters", {}).items()) if v}
+    if counters:
+        console.print("router counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()),
+                      highlight=False, soft_wrap=True)
