@@ -233,7 +233,8 @@ def test_region_limit_matches_the_wire_format():
 
 
 @pytest.mark.parametrize("text, bad, expected", [
-    ('region = "' + "x" * 33 + '"', '"' + "x" * 33 + '"', "is too long for a region tag (33 bytes)"),
+    ('region = "' + "x" * 33 + '"', '"' + "x" * 33 + '"',
+     "is too long for a region tag (33 bytes)"),
     ('region = "' + "é" * 17 + '"', '"\\u00e9\\u00e9', "(34 bytes)"),  # value cut at 80
     ('region = "eu\\u0007"', '"eu\\u0007"', "holds the control character U+0007"),
     ('region = "e\\nu"', '"e\\nu"', "holds the control character U+000A"),

@@ -57,7 +57,8 @@ def test_a_failed_step_is_named_shown_and_cleaned_up(tmp_path, monkeypatch, mesh
         demo.run_demo(Console(file=screen, width=120), tmp_path)
     assert "expected alpha → sierra → golf" in str(err.value)
     text = screen.getvalue()
-    assert re.search(r"1 .*start 7 nodes.*PASS", text) and re.search(r"2 .*routes converge.*FAIL", text)
+    assert re.search(r"1 .*start 7 nodes.*PASS", text)
+    assert re.search(r"2 .*routes converge.*FAIL", text)
     (mesh,) = meshes
     assert len(mesh.nodes) == 7 and all(n.process.poll() is not None for n in mesh.nodes.values())
     assert len(mesh.proxies) == 2 and all(p._thread is None or not p._thread.is_alive()

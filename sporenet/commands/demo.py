@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sporenet.api_client import ApiClientError
+from sporenet.local_mesh import (LocalMesh, LocalNode, MeshError, ping, selected_routes,
+                                 send_message, trace, wait_for)
 from sporenet.logs import configure_logging
-from sporenet.local_mesh import (LocalMesh, MeshError, ping, selected_routes, send_message,
-                                 trace, wait_for)
 
 SRC, DST, VICTIM = "alpha", "golf", "bravo"
 # One-way proxy delays (a link's RTT grows by twice that), far above loopback RTTs (~1-5
@@ -93,7 +93,7 @@ def _converged(mesh: LocalMesh) -> bool:
     """Every node routes to every other, the slow links are measured as slow, alpha knows
     three ways to golf, and alpha and golf route to each other over the fast path."""
     ids = {n.node_id for n in mesh.nodes.values()}
-    if any(set(selected_routes(n)) < ids - {n.node_id} for n in mesh.nodes.values()):
+    if any(not ids - {n.node_id} <= set(selected_routes(n)) for n in mesh.nodes.values()):
         return False
     if any(d and _peer_cost(mesh, a, b) < 2 * d for a, b, d in LINKS):
         return False
@@ -107,119 +107,141 @@ def _routes_table(mesh: LocalMesh) -> Table:
     table = Table(title=f"{SRC}'s routing table", title_justify="left")
     for col in ("destination", "next hop", "metric", "path (each hop's selected route)"):
         table.add_column(col, justify="right" if col == "metric" else "left")
-    for dest_id, r in sorted(selected_routes(mesh.nodes[SRC]).items(), key=lambda kv: kv[1]["metric"]):
+    rows = sorted(selected_routes(mesh.nodes[SRC]).items(), key=lambda kv: kv[1]["metric"])
+    for dest_id, r in rows:
         dest = mesh.name_of(dest_id)
         table.add_row(dest, mesh.name_of(r["next_hop"]), str(r["metric"]),
                       _arrow(trace(mesh, SRC, dest)))
     return table
 
 
-def _ping_ok(mesh: LocalMesh) -> dict[str, Any]:
-    src, dst = mesh.nodes[SRC], mesh.nodes[DST]
-    res = wait_for(lambda: (lambda r: r if r["state"] == "ok" else None)(ping(src, dst.node_id)),
-                   TIMEOUT, f"a ping {SRC} → {DST} to be answered", interval=0.05)
-    if res["hops"] < 3:
-        raise DemoFailed(f"the ping crossed {res['hops']} hops, expected at least 3")
-    return res
+class Demo:
+    """The steps, in order; each prints what it shows and returns its summary line.
+
+    ``figures`` collects what tests check: hops, RTTs, paths and reroute times.
+    """
+
+    def __init__(self, console: Console, base: Path) -> None:
+        self.console = console
+        self.mesh = LocalMesh(base, extra_args=("--probe-interval", str(PROBE_INTERVAL)))
+        self.figures: dict[str, Any] = {}
+        n = len({name for link in LINKS for name in link[:2]})
+        self.steps = ((f"start {n} nodes", self.start), ("routes converge", self.converge),
+                      (f"ping {SRC} → {DST}", self.ping_before),
+                      (f"message {SRC} → {DST}", self.message), (f"SIGKILL {VICTIM}", self.kill),
+                      (f"{SRC} reroutes", self.reroute),
+                      (f"ping {SRC} → {DST} again", self.ping_after))
+
+    def node(self, name: str) -> LocalNode:
+        return self.mesh.nodes[name]
+
+    def start(self) -> str:
+        self.mesh.start_topology(LINKS, timeout=START_TIMEOUT)
+        for name, n in self.mesh.nodes.items():
+            self.console.print(f"  {name:8} {n.node_id[:8]}  {n.endpoint:22}  api {n.info['api']}")
+        return f"{len(self.mesh.nodes)} nodes, {len(self.mesh.proxies)} delay proxies"
+
+    def converge(self) -> str:
+        mesh = self.mesh
+        wait_for(lambda: _converged(mesh), TIMEOUT, f"the routes to converge ({SRC} → {DST} via "
+                 f"{_arrow(trace(mesh, SRC, DST))}, expected {_arrow(FAST)})", interval=0.1)
+        self.console.print(_routes_table(mesh))
+        why = self.node(SRC).api.get("/v1/explain", destination=self.node(DST).node_id)
+        sel, say = why["selected"], self.console.print
+        say(f"  sporenet explain {DST} (on {SRC}): via {mesh.name_of(sel['next_hop'])}, "
+            f"metric {sel['metric']}, selected")
+        for alt in why["alternatives"]:
+            say(f"    via {mesh.name_of(alt['next_hop']):8} metric {alt['metric']:>5}: "
+                f"{alt['ruled_out']}")
+        say(f"  fewest hops: {_arrow(FEWEST_HOPS)}, but sierra–golf adds {2 * SLOW_MS} ms RTT")
+        self.figures["path_before"] = FAST
+        n = len(mesh.nodes)
+        return (f"{n * (n - 1)} routes; {SRC} → {DST}: {len(FAST) - 1} fast hops, "
+                f"not {len(FEWEST_HOPS) - 1} slow")
+
+    def _ping(self) -> dict[str, Any]:
+        def answered() -> dict[str, Any] | None:
+            res = ping(self.node(SRC), self.node(DST).node_id)
+            return res if res["state"] == "ok" else None
+
+        res = wait_for(answered, TIMEOUT, f"a ping {SRC} → {DST} to be answered")
+        self.console.print(f"  reply from {DST}: rtt {res['rtt_ms']:.2f} ms, {res['hops']} hops")
+        if res["hops"] < 3:
+            raise DemoFailed(f"the ping crossed {res['hops']} hops, expected at least 3")
+        return res
+
+    def ping_before(self) -> str:
+        res = self._ping()
+        self.figures.update(hops_before=res["hops"], rtt_before_ms=res["rtt_ms"])
+        return f"{res['hops']} hops, {res['rtt_ms']:.2f} ms"
+
+    def message(self) -> str:
+        src, dst, text = self.node(SRC), self.node(DST), f"hello {DST}, from {SRC}"
+        t0 = time.monotonic()
+        res = send_message(src, dst.info["address"], "demo", text)
+        if res["state"] != "delivered":
+            raise DemoFailed(f"message not delivered: {res.get('reason', res['state'])}")
+        acked = time.monotonic() - t0
+        got = wait_for(lambda: dst.api.get("/v1/messages", topic="demo")["messages"], TIMEOUT,
+                       f"{DST} to hand out the message")[0]
+        if got.get("data") != text or got["from"] != src.info["address"]:
+            raise DemoFailed(f"{DST} received {got!r}, expected {text!r} from {SRC}")
+        self.console.print(f"  {DST} received {got['data']!r} on topic {got['topic']!r}\n"
+                           f"    from {got['from']} ({SRC}'s address)", markup=False)
+        return f"delivered, acked in {acked * 1000:.0f} ms"
+
+    def kill(self) -> str:
+        self.figures["killed_at"] = time.monotonic()
+        self.mesh.stop_node(VICTIM, sig=signal.SIGKILL)
+        return f"{VICTIM} (pid {self.node(VICTIM).process.pid}) killed"
+
+    def reroute(self) -> str:
+        mesh, f = self.mesh, self.figures
+        victim, dst = self.node(VICTIM).node_id, self.node(DST).node_id
+
+        def moved() -> bool:
+            route = selected_routes(self.node(SRC)).get(dst)
+            return route is not None and route["next_hop"] != victim
+
+        wait_for(moved, TIMEOUT, f"{SRC}'s route to {DST} to leave {VICTIM}", interval=0.01)
+        f["reroute_s"] = time.monotonic() - f["killed_at"]
+        wait_for(lambda: trace(mesh, SRC, DST) == DETOUR and trace(mesh, DST, SRC) == DETOUR[::-1],
+                 TIMEOUT, f"{SRC} and {DST} to route to each other over {_arrow(DETOUR)} (now "
+                 f"{_arrow(trace(mesh, SRC, DST))} and {_arrow(trace(mesh, DST, SRC))})",
+                 interval=0.02)
+        f["settled_s"], f["path_after"] = time.monotonic() - f["killed_at"], DETOUR
+        self.console.print(f"  {SRC}'s route to {DST} left {VICTIM} {f['reroute_s']:.2f} s after "
+                           f"the kill\n  both directions on {_arrow(DETOUR)} after "
+                           f"{f['settled_s']:.2f} s")
+        return (f"moved in {f['reroute_s']:.2f} s; settled via {DETOUR[1]} in "
+                f"{f['settled_s']:.2f} s")
+
+    def ping_after(self) -> str:
+        res = self._ping()
+        restored = time.monotonic() - self.figures["killed_at"]
+        self.figures.update(hops_after=res["hops"], rtt_after_ms=res["rtt_ms"], restored_s=restored)
+        return f"{res['hops']} hops, {res['rtt_ms']:.2f} ms, {restored:.2f} s after the kill"
 
 
 def run_demo(console: Console, base: Path) -> dict[str, Any]:
-    """Run every step; return the figures (for tests). Raises ``DemoFailed``."""
-    mesh = LocalMesh(base, extra_args=("--probe-interval", str(PROBE_INTERVAL)))
-    steps, out = Steps(console), {}
+    """Run every step; return the figures (for tests). Raises ``DemoFailed`` naming the
+    step that failed. Every node and proxy is stopped before it returns or raises."""
+    demo, steps = Demo(console, base), Steps(console)
+    t0 = time.monotonic()
+    console.print(f"[bold]sporenet demo[/bold]: a routed mesh on loopback, run dirs under {base}")
     try:
-        def start() -> str:
-            mesh.start_topology(LINKS, timeout=START_TIMEOUT)
-            for name, n in mesh.nodes.items():
-                console.print(f"  {name:8} {n.node_id[:8]}  {n.endpoint:22}  api {n.info['api']}")
-            return f"{len(mesh.nodes)} nodes, {len(mesh.proxies)} delay proxies"
-
-        def converge() -> str:
-            wait_for(lambda: _converged(mesh), TIMEOUT, f"the routes to converge ({SRC} → {DST} "
-                     f"via {_arrow(trace(mesh, SRC, DST))}, expected {_arrow(FAST)})", interval=0.1)
-            console.print(_routes_table(mesh))
-            why = mesh.nodes[SRC].api.get("/v1/explain", destination=mesh.nodes[DST].node_id)
-            sel = why["selected"]
-            console.print(f"  sporenet explain {DST} (on {SRC}): via {mesh.name_of(sel['next_hop'])}, "
-                          f"metric {sel['metric']}, selected")
-            for alt in why["alternatives"]:
-                console.print(f"    via {mesh.name_of(alt['next_hop']):8} metric {alt['metric']:>5}: "
-                              f"{alt['ruled_out']}")
-            console.print(f"  fewest hops: {_arrow(FEWEST_HOPS)}, but sierra–golf adds "
-                          f"{2 * SLOW_MS} ms RTT")
-            out["path_before"] = FAST
-            n = len(mesh.nodes)
-            return (f"all {n * (n - 1)} routes; {SRC} → {DST} over {len(FAST) - 1} fast hops "
-                    f"via {VICTIM} (fewest: {len(FEWEST_HOPS) - 1}, slow)")
-
-        def ping_before() -> str:
-            res = _ping_ok(mesh)
-            out["hops_before"], out["rtt_before_ms"] = res["hops"], res["rtt_ms"]
-            console.print(f"  reply from {DST}: rtt {res['rtt_ms']:.2f} ms, {res['hops']} hops")
-            return f"{res['hops']} hops, {res['rtt_ms']:.2f} ms"
-
-        def message() -> str:
-            text = f"hello {DST}, from {SRC}"
-            t0 = time.monotonic()
-            res = send_message(mesh.nodes[SRC], mesh.nodes[DST].info["address"], "demo", text)
-            if res["state"] != "delivered":
-                raise DemoFailed(f"message not delivered: {res.get('reason', res['state'])}")
-            acked = time.monotonic() - t0
-            got = wait_for(lambda: mesh.nodes[DST].api.get("/v1/messages", topic="demo")["messages"],
-                           10, f"{DST} to hand out the message")
-            if got[0].get("data") != text or got[0]["from"] != mesh.nodes[SRC].info["address"]:
-                raise DemoFailed(f"{DST} received {got[0]!r}, expected {text!r} from {SRC}")
-            console.print(f"  {DST} received {got[0]['data']!r} on topic {got[0]['topic']!r}\n"
-                          f"    from {got[0]['from']} ({SRC}'s address)", markup=False)
-            return f"delivered, acked in {acked * 1000:.0f} ms"
-
-        def kill() -> str:
-            out["killed_at"] = time.monotonic()
-            mesh.stop_node(VICTIM, sig=signal.SIGKILL)
-            return f"{VICTIM} (pid {mesh.nodes[VICTIM].process.pid}) killed"
-
-        def reroute() -> str:
-            src, victim_id = mesh.nodes[SRC], mesh.nodes[VICTIM].node_id
-            dst_id = mesh.nodes[DST].node_id
-            wait_for(lambda: (r := selected_routes(src).get(dst_id)) and r["next_hop"] != victim_id,
-                     TIMEOUT, f"{SRC}'s route to {DST} to leave {VICTIM}", interval=0.01)
-            out["reroute_s"] = time.monotonic() - out["killed_at"]
-            wait_for(lambda: trace(mesh, SRC, DST) == DETOUR and trace(mesh, DST, SRC) == DETOUR[::-1],
-                     TIMEOUT, f"{SRC} and {DST} to route to each other over {_arrow(DETOUR)} "
-                     f"(now {_arrow(trace(mesh, SRC, DST))} and {_arrow(trace(mesh, DST, SRC))})",
-                     interval=0.02)
-            out["settled_s"] = time.monotonic() - out["killed_at"]
-            out["path_after"] = DETOUR
-            console.print(f"  {SRC}'s route to {DST} left {VICTIM} {out['reroute_s']:.2f} s after the kill\n"
-                          f"  both directions on {_arrow(DETOUR)} after {out['settled_s']:.2f} s")
-            return f"moved after {out['reroute_s']:.2f} s, settled on {_arrow(DETOUR)} after " \
-                   f"{out['settled_s']:.2f} s"
-
-        def ping_after() -> str:
-            res = _ping_ok(mesh)
-            out["hops_after"], out["rtt_after_ms"] = res["hops"], res["rtt_ms"]
-            out["restored_s"] = time.monotonic() - out["killed_at"]
-            console.print(f"  reply from {DST}: rtt {res['rtt_ms']:.2f} ms, {res['hops']} hops")
-            return f"{res['hops']} hops, {res['rtt_ms']:.2f} ms ({out['restored_s']:.2f} s after kill)"
-
-        t0 = time.monotonic()
-        console.print(f"[bold]sporenet demo[/bold]: 7 nodes on loopback, run dirs under {base}")
-        try:
-            for title, fn in ((f"start {len({n for l in LINKS for n in l[:2]})} nodes", start),
-                              ("routes converge", converge), (f"ping {SRC} → {DST}", ping_before),
-                              (f"message {SRC} → {DST}", message), (f"SIGKILL {VICTIM}", kill),
-                              (f"{SRC} reroutes", reroute), (f"ping {SRC} → {DST} again", ping_after)):
-                steps.run(title, fn)
-        finally:
-            console.print()
-            console.print(steps.table())
-        out["total_s"] = time.monotonic() - t0
-        console.print(f"[green]demo passed[/green]: {len(steps.rows)} steps in {out['total_s']:.1f} s; "
-                      f"rerouted in {out['reroute_s']:.2f} s; pings crossed {out['hops_before']} "
-                      f"then {out['hops_after']} hops")
-        return out
+        for title, fn in demo.steps:
+            steps.run(title, fn)
     finally:
-        mesh.close()
+        demo.mesh.close()
+        console.print()
+        console.print(steps.table())
+    f = demo.figures
+    f["total_s"] = time.monotonic() - t0
+    console.print(f"[green]demo passed[/green]: {len(steps.rows)} steps in {f['total_s']:.1f} s; "
+                  f"rerouted in {f['reroute_s']:.2f} s; pings crossed {f['hops_before']} then "
+                  f"{f['hops_after']} hops")
+    return f
 
 
 @click.command("demo")
