@@ -72,88 +72,117 @@ def send_ok(src, dst, text: str) -> None:
     assert [m["data"] for m in got] == [text]
 
 
+class Diamond:
+    """The four nodes, the proxy on B-D, and C's process while it is frozen."""
+
+    def __init__(self, tmp_path) -> None:
+        self.mesh = LocalMesh(tmp_path, extra_args=("--probe-interval", str(PROBE)))
+        self.proxy: DelayProxy | None = None
+        self.frozen = None
+
+    def start(self) -> None:
+        self.d = self.mesh.start_node("d")
+        self.proxy = DelayProxy(listen="tcp://127.0.0.1:0", target=self.d.endpoint,
+                                delay_ms=DELAY_MS)
+        self.b = self.mesh.start_node("b", peers=[self.proxy.start()])
+        self.c = self.mesh.start_node("c", peers=[self.d.endpoint])
+        self.a = self.mesh.start_node("a", peers=[self.b.endpoint, self.c.endpoint])
+
+    def fail_c(self, how: str) -> None:
+        if how == "kill":
+            self.mesh.stop_node("c", sig=signal.SIGKILL)
+        else:
+            self.frozen = self.c.process
+            os.kill(self.frozen.pid, signal.SIGSTOP)
+
+    def restore_c(self, how: str) -> None:
+        if how == "kill":  # a new process on a new port: it dials A and D
+            self.c = self.mesh.start_node("c", peers=[self.d.endpoint, self.a.endpoint])
+        else:  # the same process: A had closed the link and redials C's endpoint
+            os.kill(self.frozen.pid, signal.SIGCONT)
+            self.frozen = None
+
+    def close(self) -> None:
+        if self.frozen is not None and self.frozen.poll() is None:
+            os.kill(self.frozen.pid, signal.SIGCONT)  # a stopped process ignores SIGTERM
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.mesh.close()
+
+
+@pytest.fixture
+def diamond(tmp_path):
+    net = Diamond(tmp_path)
+    try:
+        net.start()
+        yield net
+    finally:
+        net.close()
+
+
+def check_route_via_c(net: Diamond) -> None:
+    a, b, c, d = net.a, net.b, net.c, net.d
+    # Measured links (an unmeasured one costs 100) and B's route to D known to A.
+    wait_for(lambda: (peer_cost(b, d) or 0) > SLOW_METRIC and via(a, d, c)
+             and via(d, a, c) and any(r["next_hop"] == b.node_id for r in routes_to(a, d)),
+             20, "A and D to route to each other via C, with B's route to D known to A")
+    sel = via(a, d, c)
+    assert 2 <= sel["metric"] < SLOW_METRIC, sel
+    c_to_d, a_to_c = via(c, d, d)["metric"], round(peer_cost(a, c))
+    # C re-advertises only when its metric moves by more than the hysteresis margin
+    # (2 at these sizes) and costs are re-measured between the reads: a small slack.
+    assert abs(sel["metric"] - (a_to_c + c_to_d)) <= 4, (sel, a_to_c, c_to_d)
+    alt = [r for r in routes_to(a, d) if r["next_hop"] == b.node_id]
+    assert alt and not alt[0]["selected"] and alt[0]["metric"] > sel["metric"]
+    why = a.api.get("/v1/explain", destination=d.node_id)
+    assert why["selected"]["next_hop"] == c.node_id
+    ruled = {x["next_hop"]: x["ruled_out"] for x in why["alternatives"]}
+    assert ruled.get(b.node_id) in ("infeasible", "worse metric"), why
+    before = ping_ok(a, d)
+    assert before["hops"] == 2 and before["rtt_ms"] < 2 * DELAY_MS, before
+    print(f"\nvia C: metric {sel['metric']}, ping {before['rtt_ms']:.2f} ms; "
+          f"B alternative {alt[0]['metric']} ({ruled[b.node_id]})")
+
+
+def reroute_to_b(net: Diamond, how: str) -> None:
+    a, b, c, d = net.a, net.b, net.c, net.d
+    t0 = time.monotonic()
+    net.fail_c(how)
+    new = wait_for(lambda: via(a, d, b), REROUTE_BUDGET, "A's route to D to move to B",
+                   interval=0.01)
+    reroute = time.monotonic() - t0
+    wait_for(lambda: via(d, a, b), REROUTE_BUDGET, "D's route to A to move to B", interval=0.01)
+    back = time.monotonic() - t0
+    print(f"{how}: reroute A->D via B after {reroute * 1000:.0f} ms (D->A {back * 1000:.0f} ms, "
+          f"budget {REROUTE_BUDGET * 1000:.0f} ms), metric {new['metric']}")
+    if how == "freeze":
+        # Only dead detection saw it: the last ack came at most about one probe
+        # interval before the freeze, so not much sooner than 3 intervals after it.
+        assert reroute >= 2 * PROBE
+    assert new["metric"] > SLOW_METRIC, new  # it crosses the slow link now
+    assert not any(r["next_hop"] == c.node_id for r in routes_to(a, d))
+    after = ping_ok(a, d)
+    assert after["hops"] == 2 and after["rtt_ms"] >= 2 * DELAY_MS, after
+    send_ok(a, d, "around the dead corner")
+    print(f"ping via B: {after['rtt_ms']:.2f} ms")
+
+
+def route_back_to_c(net: Diamond, how: str) -> None:
+    t1 = time.monotonic()
+    net.restore_c(how)
+    a, c, d = net.a, net.c, net.d
+    wait_for(lambda: via(a, d, c), 15, "A's route to D to return to C", interval=0.02)
+    print(f"route back via C {(time.monotonic() - t1) * 1000:.0f} ms after C's return began "
+          f"(process start if killed, link, measurement and update)")
+    assert via(a, d, c)["metric"] < SLOW_METRIC
+    assert ping_ok(a, d)["rtt_ms"] > 0
+
+
 @pytest.mark.parametrize("how", ["kill", "freeze"])
-def test_diamond_prefers_the_fast_side_and_reroutes_when_it_fails(tmp_path, how):
+def test_diamond_prefers_the_fast_side_and_reroutes_when_it_fails(diamond, how):
     """``kill``: SIGKILL, C's sockets close at once (the peers see the link go down).
     ``freeze``: SIGSTOP, C's sockets stay open and silent, so only the probers' dead
     detection (4 probe intervals) can notice; SIGCONT brings C back."""
-    mesh = LocalMesh(tmp_path, extra_args=("--probe-interval", str(PROBE)))
-    proxy = None
-    frozen = None
-    try:
-        d = mesh.start_node("d")
-        proxy = DelayProxy(listen="tcp://127.0.0.1:0", target=d.endpoint, delay_ms=DELAY_MS)
-        b = mesh.start_node("b", peers=[proxy.start()])
-        c = mesh.start_node("c", peers=[d.endpoint])
-        a = mesh.start_node("a", peers=[b.endpoint, c.endpoint])
-
-        # Measured links (an unmeasured one costs 100) and B's route to D known to A.
-        wait_for(lambda: (peer_cost(b, d) or 0) > SLOW_METRIC and via(a, d, c)
-                 and via(d, a, c) and any(r["next_hop"] == b.node_id for r in routes_to(a, d)),
-                 20, "A and D to route to each other via C, with B's route to D known to A")
-
-        # -- via C, with a metric made of the links it crosses -------------------------
-        sel = via(a, d, c)
-        assert 2 <= sel["metric"] < SLOW_METRIC, sel
-        c_to_d = via(c, d, d)["metric"]
-        a_to_c = round(peer_cost(a, c))
-        # C re-advertises only when its metric moves by more than the hysteresis margin
-        # (2 at these sizes) and costs are re-measured between the reads: a small slack.
-        assert abs(sel["metric"] - (a_to_c + c_to_d)) <= 4, (sel, a_to_c, c_to_d)
-        alt = [r for r in routes_to(a, d) if r["next_hop"] == b.node_id]
-        assert alt and not alt[0]["selected"] and alt[0]["metric"] > sel["metric"]
-        why = a.api.get("/v1/explain", destination=d.node_id)
-        assert why["selected"]["next_hop"] == c.node_id
-        ruled = {x["next_hop"]: x["ruled_out"] for x in why["alternatives"]}
-        assert b.node_id in ruled, why
-        assert ruled[b.node_id] in ("infeasible", "worse metric"), why
-        before = ping_ok(a, d)
-        assert before["hops"] == 2 and before["rtt_ms"] < 2 * DELAY_MS, before
-        print(f"\nvia C: metric {sel['metric']}, ping {before['rtt_ms']:.2f} ms; "
-              f"B alternative {alt[0]['metric']} ({ruled[b.node_id]})")
-
-        # -- C dies: the route moves to B -----------------------------------------------
-        t0 = time.monotonic()
-        if how == "kill":
-            mesh.stop_node("c", sig=signal.SIGKILL)
-        else:
-            frozen = c.process
-            os.kill(frozen.pid, signal.SIGSTOP)
-        new = wait_for(lambda: via(a, d, b), REROUTE_BUDGET, "A's route to D to move to B",
-                       interval=0.01)
-        reroute = time.monotonic() - t0
-        wait_for(lambda: via(d, a, b), REROUTE_BUDGET, "D's route to A to move to B",
-                 interval=0.01)
-        back = time.monotonic() - t0
-        print(f"{how}: reroute A->D via B after {reroute * 1000:.0f} ms (D->A "
-              f"{back * 1000:.0f} ms, budget {REROUTE_BUDGET * 1000:.0f} ms), metric "
-              f"{new['metric']}")
-        if how == "freeze":
-            # Only dead detection saw it: the last ack came at most about one probe
-            # interval before the freeze, so not much sooner than 3 intervals after it.
-            assert reroute >= 2 * PROBE
-        assert new["metric"] > SLOW_METRIC, new  # it crosses the slow link now
-        assert not any(r["next_hop"] == c.node_id for r in routes_to(a, d))
-        after = ping_ok(a, d)
-        assert after["hops"] == 2 and after["rtt_ms"] >= 2 * DELAY_MS, after
-        send_ok(a, d, "around the dead corner")
-        print(f"ping via B: {after['rtt_ms']:.2f} ms")
-
-        # -- C comes back: the route follows --------------------------------------------
-        t1 = time.monotonic()
-        if how == "kill":  # a new process on a new port: it dials A and D
-            c = mesh.start_node("c", peers=[d.endpoint, a.endpoint])
-        else:  # the same process: A had closed the link and redials C's endpoint
-            os.kill(frozen.pid, signal.SIGCONT)
-            frozen = None
-        wait_for(lambda: via(a, d, c), 15, "A's route to D to return to C", interval=0.02)
-        print(f"route back via C {(time.monotonic() - t1) * 1000:.0f} ms after C's return "
-              f"began (process start if killed, link, measurement and update)")
-        assert via(a, d, c)["metric"] < SLOW_METRIC
-        assert ping_ok(a, d)["rtt_ms"] > 0
-    finally:
-        if frozen is not None and frozen.poll() is None:
-            os.kill(frozen.pid, signal.SIGCONT)  # a stopped process would ignore SIGTERM
-        if proxy is not None:
-            proxy.stop()
-        mesh.close()
+    check_route_via_c(diamond)
+    reroute_to_b(diamond, how)
+    route_back_to_c(diamond, how)

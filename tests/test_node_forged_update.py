@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -173,6 +172,86 @@ def trio(tmp_path):
         mesh.close()
 
 
+def announce_own(rogue: Rogue, seqno: int) -> RouteUpdate:
+    """The rogue's own prefix, correctly signed: what any node may say."""
+    rid = rogue.identity
+    msg = RouteUpdate(rid.public_key, seqno, 0, "", 0,
+                      rid.sign(route_transcript(rid.public_key, seqno, "")))
+    rogue.send(msg)
+    return msg
+
+
+def forgeries(rogue: Rogue, v_pub: bytes, genuine: RouteUpdate) -> dict[str, RouteUpdate]:
+    """Updates for v's prefix that v never signed."""
+    s, region = genuine.seqno, genuine.region
+    newer = (s + 1) % 0x10000
+
+    def signed_by_rogue(seqno: int, reg: str) -> bytes:
+        return rogue.identity.sign(route_transcript(v_pub, seqno, reg))
+
+    return {
+        # v's prefix with a newer seqno, best metric, signed by the rogue's own key
+        "rogue_signed": RouteUpdate(v_pub, newer, 0, region, 0, signed_by_rogue(newer, region)),
+        # the same with garbage for a signature
+        "garbage_signature": RouteUpdate(v_pub, newer, 0, region, 0, os.urandom(64)),
+        # a retraction of v's route that v never signed
+        "forged_retraction": RouteUpdate(v_pub, s, INFINITY, region, 0,
+                                         signed_by_rogue(s, region)),
+        # v's genuine signature moved to another region (a locality lie)
+        "moved_signature": RouteUpdate(v_pub, s, 0, region + "x", 0, genuine.signature),
+        # v's genuine signature on a newer seqno
+        "stale_signature": RouteUpdate(v_pub, newer, 0, region, 0, genuine.signature),
+    }
+
+
+def selected_keys(rows: list[dict], skip: str) -> set[tuple]:
+    return {(r["destination"], r["next_hop"], r["seqno"]) for r in rows
+            if r["selected"] and r["destination"] != skip}
+
+
+def assert_routes_unchanged(a, v, w, rogue: Rogue, before: dict, explain_before: dict,
+                            seqno: int) -> None:
+    for node in (a, w):
+        rows = rows_to(node, v.node_id)
+        assert not any(r["next_hop"] == rogue.node_id for r in rows), rows
+        was = [r for r in before[node.name] if r["destination"] == v.node_id]
+        assert {(r["next_hop"], r["seqno"]) for r in rows} == {
+            (r["next_hop"], r["seqno"]) for r in was}, (was, rows)
+        assert all(r["seqno"] == seqno for r in rows)
+        # Every selected route (but the rogue's own): same next hop and seqno as before.
+        assert selected_keys(routes(node), rogue.node_id) == selected_keys(
+            before[node.name], rogue.node_id), node.name
+    sel = selected(a)[v.node_id]
+    old = next(r for r in before["a"] if r["destination"] == v.node_id and r["selected"])
+    assert sel["next_hop"] == v.node_id
+    # The metric is the a-v link cost (v advertises 0); only a re-measured cost moves it.
+    cost = round(peers_of(a)[v.node_id]["cost"])
+    assert sel["metric"] == old["metric"] or abs(sel["metric"] - cost) <= 1, (old, sel, cost)
+    assert selected(w)[v.node_id]["next_hop"] == a.node_id
+    explain_after = a.api.get("/v1/explain", destination=v.node_id)
+    assert explain_after["selected"]["next_hop"] == v.node_id
+    assert (explain_after["last_change"], explain_after["reason"]) == (
+        explain_before["last_change"], explain_before["reason"])
+
+
+def assert_still_serving(a, v, w, rogue: Rogue) -> None:
+    assert a.alive() and a.api.status()["agents"] == {n: "running" for n in BUILTIN_AGENTS}
+    assert set(peers_of(a)) == {v.node_id, w.node_id, rogue.node_id}
+    assert pong(w, v)["hops"] == 2
+    assert pong(a, v)["hops"] == 1
+
+
+def assert_cli_shows_counter(a, value: int) -> None:
+    def routes_cli(*extra: str) -> str:
+        return subprocess.run([sys.executable, "-m", "sporenet.cli", "routes", "--api",
+                               a.info["api"], *extra], capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+
+    assert json.loads(routes_cli("--json"))["counters"]["bad_signature"] == value
+    out = routes_cli()
+    assert f"bad_signature {value}" in out, out
+
+
 def test_forged_updates_for_anothers_prefix_are_refused_and_change_no_route(trio):
     mesh, a, v, w = trio
     rogue = Rogue(a, Identity(os.urandom(32)))
@@ -182,99 +261,34 @@ def test_forged_updates_for_anothers_prefix_are_refused_and_change_no_route(trio
         # a dumps its table to a new neighbour: the rogue now holds v's genuine update.
         genuine = wait_for(lambda: rogue.update_for(v_pub), DEADLINE, "a's update for v")
         assert genuine.metric < INFINITY
-
-        # Control: the rogue announcing its own prefix, correctly signed, is accepted.
-        own_seqno = 7
-        rid = rogue.identity
-        rogue.send(RouteUpdate(rid.public_key, own_seqno, 0, "", 0,
-                               rid.sign(route_transcript(rid.public_key, own_seqno, ""))))
-        wait_for(lambda: rogue.node_id in selected(a), DEADLINE, "a to route to the rogue")
-        wait_for(lambda: rogue.node_id in selected(w), DEADLINE, "w to route to the rogue via a")
+        # Control: the rogue's own prefix, correctly signed, is accepted and relayed.
+        announce_own(rogue, 7)
+        wait_for(lambda: rogue.node_id in selected(a) and rogue.node_id in selected(w),
+                 DEADLINE, "a and w to route to the rogue")
 
         before = {n.name: routes(n) for n in (a, w)}
         counters_before = router_counters(a)
         explain_before = a.api.get("/v1/explain", destination=v.node_id)
         assert explain_before["selected"]["next_hop"] == v.node_id
-
-        s, region = genuine.seqno, genuine.region
-        newer = (s + 1) % 0x10000
-
-        def signed_by_rogue(seqno: int, reg: str) -> bytes:
-            return rid.sign(route_transcript(v_pub, seqno, reg))
-
-        forgeries = {
-            # v's prefix with a newer seqno, best metric, signed by the rogue's own key
-            "rogue_signed": RouteUpdate(v_pub, newer, 0, region, 0, signed_by_rogue(newer, region)),
-            # the same with garbage for a signature
-            "garbage_signature": RouteUpdate(v_pub, newer, 0, region, 0, os.urandom(64)),
-            # a retraction of v's route that v never signed
-            "forged_retraction": RouteUpdate(v_pub, s, INFINITY, region, 0,
-                                             signed_by_rogue(s, region)),
-            # v's genuine signature moved to another region (a locality lie)
-            "moved_signature": RouteUpdate(v_pub, s, 0, region + "x", 0, genuine.signature),
-            # v's genuine signature on a newer seqno
-            "stale_signature": RouteUpdate(v_pub, newer, 0, region, 0, genuine.signature),
-        }
-        for msg in forgeries.values():
+        forged = forgeries(rogue, v_pub, genuine)
+        for msg in forged.values():
             rogue.send(msg)
-        want = counters_before["bad_signature"] + len(forgeries)
+        want = counters_before["bad_signature"] + len(forged)
         wait_for(lambda: router_counters(a)["bad_signature"] >= want, DEADLINE,
-                 f"a to count {len(forgeries)} bad signatures")
-        # The rogue's refresh of its own route after the forgeries: once a routes it
-        # again, everything the rogue sent before has been handled (one TCP stream, one
-        # router actor).
-        own_seqno += 1
-        rogue.send(RouteUpdate(rid.public_key, own_seqno, 0, "", 0,
-                               rid.sign(route_transcript(rid.public_key, own_seqno, ""))))
-        wait_for(lambda: (selected(a).get(rogue.node_id) or {}).get("seqno") == own_seqno,
+                 f"a to count {len(forged)} bad signatures")
+        # Once a takes the rogue's next own update, everything sent before it has been
+        # handled (one TCP stream, one router actor).
+        announce_own(rogue, 8)
+        wait_for(lambda: (selected(a).get(rogue.node_id) or {}).get("seqno") == 8,
                  DEADLINE, "a to take the rogue's refresh")
-
-        after_counters = router_counters(a)
-        assert after_counters["bad_signature"] == want, after_counters
-        assert after_counters["unknown_neighbour"] == counters_before["unknown_neighbour"]
+        counters_after = router_counters(a)
         print(f"\nbad_signature {counters_before['bad_signature']} -> "
-              f"{after_counters['bad_signature']} for {len(forgeries)} forgeries")
+              f"{counters_after['bad_signature']} for {len(forged)} forgeries")
+        assert counters_after["bad_signature"] == want, counters_after
+        assert counters_after["unknown_neighbour"] == counters_before["unknown_neighbour"]
 
-        # -- no route changed ---------------------------------------------------------
-        for node in (a, w):
-            rows = rows_to(node, v.node_id)
-            assert not any(r["next_hop"] == rogue.node_id for r in rows), rows
-            assert {(r["next_hop"], r["seqno"]) for r in rows} == {
-                (r["next_hop"], r["seqno"]) for r in before[node.name]
-                if r["destination"] == v.node_id}, (before[node.name], rows)
-            assert all(r["seqno"] == s for r in rows)
-        sel = selected(a)[v.node_id]
-        old = next(r for r in before["a"] if r["destination"] == v.node_id and r["selected"])
-        assert sel["next_hop"] == v.node_id
-        # The metric is the a-v link cost (v advertises 0); only a re-measured cost moves it.
-        cost = round(peers_of(a)[v.node_id]["cost"])
-        assert sel["metric"] == old["metric"] or abs(sel["metric"] - cost) <= 1, (old, sel, cost)
-        assert selected(w)[v.node_id]["next_hop"] == a.node_id
-        explain_after = a.api.get("/v1/explain", destination=v.node_id)
-        assert explain_after["selected"]["next_hop"] == v.node_id
-        assert (explain_after["last_change"], explain_after["reason"]) == (
-            explain_before["last_change"], explain_before["reason"])
-        # Every other destination on a and w: same next hops and seqnos as before.
-        for node in (a, w):
-            was = {(r["destination"], r["next_hop"], r["seqno"]) for r in before[node.name]
-                   if r["selected"] and r["destination"] != rogue.node_id}
-            now = {(r["destination"], r["next_hop"], r["seqno"]) for r in routes(node)
-                   if r["selected"] and r["destination"] != rogue.node_id}
-            assert now == was, node.name
-
-        # -- a keeps serving its real peers (and the rogue's link was not the point) --
-        assert a.alive() and a.api.status()["agents"] == {n: "running" for n in BUILTIN_AGENTS}
-        assert set(peers_of(a)) == {v.node_id, w.node_id, rogue.node_id}
-        assert pong(w, v)["hops"] == 2
-        assert pong(a, v)["hops"] == 1
-
-        out = subprocess.run([sys.executable, "-m", "sporenet.cli", "routes", "--api",
-                              a.info["api"], "--json"], capture_output=True, text=True,
-                             timeout=30, check=True)
-        assert json.loads(out.stdout)["counters"]["bad_signature"] == want
-        out = subprocess.run([sys.executable, "-m", "sporenet.cli", "routes", "--api",
-                              a.info["api"]], capture_output=True, text=True, timeout=30,
-                             check=True)
-        assert f"bad_signature {want}" in out.stdout, out.stdout
+        assert_routes_unchanged(a, v, w, rogue, before, explain_before, genuine.seqno)
+        assert_still_serving(a, v, w, rogue)
+        assert_cli_shows_counter(a, want)
     finally:
         rogue.close()
