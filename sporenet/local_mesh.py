@@ -72,15 +72,20 @@ class LocalNode:
             return ""
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
+
+    ``what`` names the awaited state in the ``MeshError``; a callable is called only
+    then, so the message can show the state at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise MeshError(f"timed out after {timeout:.1f}s waiting for {what}")
+            raise MeshError(f"timed out after {timeout:.1f}s waiting for "
+                            f"{what() if callable(what) else what}")
         time.sleep(interval)
 
 

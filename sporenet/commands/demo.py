@@ -143,8 +143,9 @@ class Demo:
 
     def converge(self) -> str:
         mesh = self.mesh
-        wait_for(lambda: _converged(mesh), TIMEOUT, f"the routes to converge ({SRC} → {DST} via "
-                 f"{_arrow(trace(mesh, SRC, DST))}, expected {_arrow(FAST)})", interval=0.1)
+        wait_for(lambda: _converged(mesh), TIMEOUT, lambda: f"the routes to converge ({SRC} → "
+                 f"{DST} via {_arrow(trace(mesh, SRC, DST))}, expected {_arrow(FAST)})",
+                 interval=0.1)
         self.console.print(_routes_table(mesh))
         why = self.node(SRC).api.get("/v1/explain", destination=self.node(DST).node_id)
         sel, say = why["selected"], self.console.print
@@ -206,8 +207,8 @@ class Demo:
         wait_for(moved, TIMEOUT, f"{SRC}'s route to {DST} to leave {VICTIM}", interval=0.01)
         f["reroute_s"] = time.monotonic() - f["killed_at"]
         wait_for(lambda: trace(mesh, SRC, DST) == DETOUR and trace(mesh, DST, SRC) == DETOUR[::-1],
-                 TIMEOUT, f"{SRC} and {DST} to route to each other over {_arrow(DETOUR)} (now "
-                 f"{_arrow(trace(mesh, SRC, DST))} and {_arrow(trace(mesh, DST, SRC))})",
+                 TIMEOUT, lambda: f"{SRC} and {DST} to route to each other over {_arrow(DETOUR)} "
+                 f"(now {_arrow(trace(mesh, SRC, DST))} and {_arrow(trace(mesh, DST, SRC))})",
                  interval=0.02)
         f["settled_s"], f["path_after"] = time.monotonic() - f["killed_at"], DETOUR
         self.console.print(f"  {SRC}'s route to {DST} left {VICTIM} {f['reroute_s']:.2f} s after "
