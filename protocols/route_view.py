@@ -2,8 +2,9 @@
 
 A mixin of ``Router`` (it reads the router's table); feeds ``sporenet explain``.
 ``explain`` names, for every alternative to the selected route, the rule that ruled
-it out: "expired", "retracted", "infeasible", "locality", "hysteresis" (better
-metric, but not by the hysteresis margin) or "worse metric".
+it out: "expired", "retracted", "unmeasured" (the prober has not yet reported the
+link), "infeasible", "locality", "hysteresis" (better metric, but not by the
+hysteresis margin) or "worse metric".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .routing_messages import INFINITY
 
 class RouteViews:
     _dests: dict[bytes, Destination]
+    _measured: set[bytes]
     _now: float
 
     def _feasible(self, origin: bytes, r: Route) -> bool:
@@ -66,6 +68,8 @@ class RouteViews:
             return "expired"
         if r.metric >= INFINITY:
             return "retracted"
+        if r.neighbour not in self._measured:
+            return "unmeasured"
         if not self._feasible(origin, r):
             return "infeasible"
         if sel is not None and self._tier(r) > self._tier(sel):

@@ -192,7 +192,7 @@ def test_locality_prefers_a_route_that_never_left_the_region():
     feed(r, A, signed(O, 1, 1, region="eu", flags=1))   # crossed, metric 11
     acts = feed(r, B, signed(O, 1, 490, region="eu"), now=1.0)  # stayed in eu, metric 500
     # 490 >= FD 11: infeasible for now, but it would win: ask B for a newer seqno
-    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 16))]
+    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 127))]
     assert r.fib()[O.node_id] == A.node_id
     feed(r, B, signed(O, 2, 490, region="eu"), now=2.0)
     assert r.fib()[O.node_id] == B.node_id
@@ -288,11 +288,13 @@ def test_neighbour_down_reroutes_or_retracts():
 def test_seqno_request_for_us_bumps_our_seqno():
     r = make()
     s = r.seqno
-    assert feed(r, A, SeqnoRequest(ME.node_id, (s - 1) % 65536, 5)) == []  # older: ignored
-    acts = feed(r, A, SeqnoRequest(ME.node_id, s, 5))                     # equal: +1
+    for older_or_equal in ((s - 1) % 65536, s):       # the asker missed ours: answer it
+        acts = feed(r, A, SeqnoRequest(ME.node_id, older_or_equal, 5))
+        assert r.seqno == s and [(nb, m.seqno) for nb, m in sends(acts)] == [(A.node_id, s)]
+    acts = feed(r, A, SeqnoRequest(ME.node_id, (s + 1) % 65536, 5))       # newer: raise, tell all
     assert r.seqno == (s + 1) % 65536
     assert {(nb, m.seqno) for nb, m in sends(acts)} == {(A.node_id, r.seqno), (B.node_id, r.seqno)}
-    feed(r, A, SeqnoRequest(ME.node_id, (s + 10) % 65536, 5))             # newer: jump to it
+    feed(r, A, SeqnoRequest(ME.node_id, (s + 10) % 65536, 5))             # jump to it
     assert r.seqno == (s + 10) % 65536
 
 
@@ -618,3 +620,13 @@ def test_signature_check_is_injectable_and_skipped_for_a_known_signature():
     refuse = make(verify=lambda pub, msg, sig: False)
     feed(refuse, A, upd)
     assert refuse.counters["bad_signature"] == 1 and O.node_id not in refuse.fib()
+
+
+def test_routes_through_an_unmeasured_link_wait_for_its_first_cost():
+    r = make(neighbours=())
+    r.handle(NeighbourUp(A.node_id, A.public_key), 0.0)
+    feed(r, A, signed(O, 1, 5))
+    assert O.node_id not in r.fib()
+    assert r.explain(O.node_id)["alternatives"][0]["ruled_out"] == "unmeasured"
+    r.handle(LinkCostChanged(A.node_id, 300), 1.0)      # dearer than the 100 guessed
+    assert r.fib()[O.node_id] == A.node_id and r.routes()[0]["metric"] == 305
