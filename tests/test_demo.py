@@ -83,3 +83,12 @@ def test_cli_exits_non_zero_with_the_failed_step_and_removes_its_directory(tmp_p
     assert result.exit_code == 1
     assert "demo failed at step 6 (alpha reroutes): timed out" in result.output
     assert "rerun with --keep" in result.output and not base.exists()
+
+
+def test_start_topology_refuses_a_dial_cycle_before_starting_anything(tmp_path):
+    from sporenet.local_mesh import LocalMesh, MeshError
+
+    with LocalMesh(tmp_path) as mesh:
+        with pytest.raises(MeshError, match="dial in a cycle"):
+            mesh.start_topology([("a", "b", 0), ("b", "c", 0), ("c", "a", 5)])
+        assert mesh.nodes == {} and mesh.proxies == []
