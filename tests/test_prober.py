@@ -169,7 +169,7 @@ def test_link_that_never_answers_is_dead_after_the_bound():
 
 
 def test_late_ack_is_ignored_and_counted_lost():
-    p = start(probe_timeout=0.5)
+    p = start(probe_timeout=0.5, window=20)
     e = Echo(p, delay=lambda i: 0.9 if i == 3 else 0.1)
     e.execute(p.handle(LinkAdded(PEER), 0.0))
     e.run(20.0)
@@ -223,7 +223,9 @@ def test_cost_is_strictly_increasing_in_rtt(loss):
 
 def test_cost_values():
     assert link_cost(9.0, 0.0) == 10.0  # rtt + 1 ms per hop
-    assert link_cost(9.0, 0.5) == 40.0
+    assert link_cost(9.0, 0.5) == 240.0  # x (1 + 10 x 0.5) / 0.5^2
+    assert link_cost(9.0, 0.02) == pytest.approx(10.0 * 1.2 / 0.98 ** 2)  # 2 %: +25 %
+    assert link_cost(9.0, 0.02) > 1.2 * link_cost(9.0, 0.0)
     assert link_cost(0.0, 0.0) == 1.0
 
 
