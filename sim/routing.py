@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from sporenet.protocols.link import DeliverFrame, SendFrame
 from sporenet.protocols.notices import LinkMeasured, PeerDown, PeerUp
 from sporenet.protocols.route_table import (FrameFromNeighbour, LinkCostChanged, NeighbourDown,
                                             NeighbourUp, SendToNeighbour)
-from sporenet.protocols.router import Router
+from sporenet.protocols.router import Router, verify as verify_signature
 from sporenet.protocols.routing_messages import ROUTING_TYPES
 
 from .clock import VirtualClock
@@ -57,10 +57,12 @@ class RoutingSimNode(SimNode):
 
     def __init__(self, index: int, identity: Identity, clock: VirtualClock, network: NetworkModel,
                  rng: random.Random, *, interval: float = 1.0, update_interval: float = 2.0,
-                 hold_time: float | None = None, region: str = "") -> None:
+                 hold_time: float | None = None, region: str = "",
+                 verify: Callable[[bytes, bytes, bytes], bool] | None = None) -> None:
         super().__init__(index, identity, clock, network, rng, interval=interval)
+        extra = {} if verify is None else {"verify": verify}
         self.router = Router(identity, rng=rng, now=clock.now, region=region,
-                             update_interval=update_interval, hold_time=hold_time)
+                             update_interval=update_interval, hold_time=hold_time, **extra)
         self.bytes_sent = 0
         self.routing_bytes_sent = 0
         self.down_at: dict[bytes, float] = {}  # peer node id -> when its link last went down
@@ -219,10 +221,52 @@ class RoutingSim:
                 and not self.nodes[b].has_conn(a):
             _dial(self.nodes, self.network, a, b)
 
+    def schedule_failures(self, rng: random.Random, *, churn: float, flaps: float, start: float,
+                          window: float) -> list[TopologyEvent]:
+        """Node churn and link flaps in ``[start, start + window)``, applied on the clock."""
+        events: list[TopologyEvent] = []
+        if churn > 0 and window > 0:
+            events += churn_schedule(self.topology, churn, window, rng, start=start)
+        if flaps > 0 and window > 0:
+            events += flap_schedule(self.topology, flaps, window, rng, start=start)
+        events = [e for _, _, e in sorted((e.at, i, e) for i, e in enumerate(events))]
+        schedule_events(self.clock, events, self.apply)
+        self.events += events
+        return events
+
+    def redial_every(self, every: float, start: float) -> None:
+        """Dial every usable link with no connection at either end, every ``every`` s:
+        a dial into a node that is down, or whose handshake frames were lost, times
+        out; it is tried again until the link is up."""
+        def redial() -> None:
+            for l in self.topology.links:
+                self.dial(l.a, l.b)
+            self.clock.call_later(every, redial)
+        self.clock.call_at(start, redial)
+
     def bytes_sent(self) -> tuple[np.ndarray, np.ndarray]:
         """(all control bytes, routing bytes) each node has sent so far."""
         return (np.array([x.bytes_sent for x in self.nodes], dtype=np.int64),
                 np.array([x.routing_bytes_sent for x in self.nodes], dtype=np.int64))
+
+
+def shared_verifier() -> Callable[[bytes, bytes, bytes], bool]:
+    """One Ed25519 check per distinct signed announcement for the whole network.
+
+    Every node verifies every origin's announcement: N^2 checks of ~N distinct
+    signatures. The answer depends only on (key, message, signature), so one memo
+    shared by all the sim's routers gives the same results at a fraction of the cost.
+    """
+    memo: dict[tuple[bytes, bytes, bytes], bool] = {}
+
+    def check(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        key = (public_key, message, signature)
+        ok = memo.get(key)
+        if ok is None:
+            ok = memo[key] = verify_signature(public_key, message, signature)
+        return ok
+
+    return check
 
 
 def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval: float = 1.0,
@@ -235,9 +279,10 @@ def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval:
     clock = VirtualClock()
     network = NetworkModel(clock, random.Random(rng.getrandbits(64)))
     topology.apply_to(network)
+    verify = shared_verifier()
     nodes = [RoutingSimNode(i, Identity(rng.randbytes(32)), clock, network,
                             random.Random(rng.getrandbits(64)), interval=probe_interval,
-                            update_interval=update_interval,
+                            update_interval=update_interval, verify=verify,
                             region=(topology.places[i].region or "") if regions else "")
              for i in range(topology.n)]
     state = FailureState(topology, network)
@@ -247,22 +292,10 @@ def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval:
         if not state.is_cut(l.a, l.b):
             clock.call_at(rng.uniform(0.0, start_spread),
                           lambda a=l.a, b=l.b: _dial(nodes, network, a, b))
-    events: list[TopologyEvent] = []
-    window = max(duration - failures_from, 0.0)
-    if churn > 0 and window > 0:
-        events += churn_schedule(topology, churn, window, rng, start=failures_from)
-    if flaps > 0 and window > 0:
-        events += flap_schedule(topology, flaps, window, rng, start=failures_from)
-    events = [e for _, _, e in sorted((e.at, i, e) for i, e in enumerate(events))]
-    sim = RoutingSim(topology, clock, network, nodes, state, events)
-    schedule_events(clock, events, sim.apply)
-    if events:
-        # A dial into a node that is down times out; try again while it is not up.
-        def redial() -> None:
-            for l in topology.links:
-                sim.dial(l.a, l.b)
-            clock.call_later(redial_every, redial)
-        clock.call_at(start_spread + redial_every, redial)
+    sim = RoutingSim(topology, clock, network, nodes, state, [])
+    sim.schedule_failures(rng, churn=churn, flaps=flaps, start=failures_from,
+                          window=max(duration - failures_from, 0.0))
+    sim.redial_every(redial_every, start_spread + redial_every)
     return sim
 
 
