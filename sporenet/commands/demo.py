@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sporenet.api_client import ApiClientError
@@ -75,7 +76,7 @@ class Steps:
                           ("time", "right"), ("", "left")):
             table.add_column(col, justify=just)
         for i, (title, detail, secs, ok) in enumerate(self.rows, 1):
-            table.add_row(str(i), title, detail, f"{secs:.2f} s",
+            table.add_row(str(i), title, escape(detail), f"{secs:.2f} s",
                           "[green]PASS[/green]" if ok else "[red]FAIL[/red]")
         return table
 
