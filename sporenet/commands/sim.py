@@ -49,15 +49,19 @@ def command() -> None:
               help="simulated seconds of the idle traffic window")
 @click.option("--churn-window", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
               help="simulated seconds of churn and flaps")
+@click.option("--lossy-settle", type=click.FloatRange(min=1.0), default=40.0, show_default=True,
+              help="simulated seconds after convergence before lossy-link avoidance is judged "
+                   "(the loss estimate needs probes)")
 def routing(nodes: int, topology: str, seed: int, duration: float, sample_every: float,
             churn: float, flaps: float, out_dir: str, scenarios: tuple[str, ...], degree: float,
-            cuts: int, idle_window: float, churn_window: float) -> None:
+            cuts: int, idle_window: float, churn_window: float, lossy_settle: float) -> None:
     """Run a routing scenario and report convergence, stretch, loops and overhead."""
     if scenarios:
         names = SCENARIO_NAMES if "all" in scenarios else scenarios
         _run_scenarios(names, out_dir, topology=topology, nodes=nodes, seed=seed,
                        avg_degree=degree, sample_every=sample_every, cuts=cuts,
                        idle_window_s=idle_window, churn_window_s=churn_window,
+                       lossy_settle_s=lossy_settle,
                        **({"churn": churn} if churn else {}), **({"flaps": flaps} if flaps else {}))
         return
     from sporenet.sim.routing import run_routing_scenario
