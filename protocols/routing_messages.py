@@ -33,6 +33,7 @@ Decoding does not verify the signature: the router does (and counts failures).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,6 +46,7 @@ INFINITY = 0xFFFF
 SEQNO_MOD = 1 << 16
 MAX_REGION_BYTES = 32
 FLAG_CROSSED = 0x01
+_SEQNO_METRIC_INTERVAL = struct.Struct("!HHH")
 MAX_INTERVAL = 0xFFFF  # deciseconds: about 109 minutes
 
 
@@ -117,7 +119,7 @@ class RouteUpdate(wire.Message):
     @classmethod
     def decode_body(cls, r: wire.Reader) -> RouteUpdate:
         origin_pub = r.take(PUBLIC_KEY_SIZE)
-        seqno, metric, interval = r.u16(), r.u16(), r.u16()
+        seqno, metric, interval = r.unpack(_SEQNO_METRIC_INTERVAL)
         region = r.text8()
         if len(region.encode("utf-8")) > MAX_REGION_BYTES:
             raise DecodeError(f"region longer than {MAX_REGION_BYTES} bytes")

@@ -48,14 +48,22 @@ class Reader:
         return len(self._buf) - self._pos
 
     def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining:
+        pos = self._pos
+        if n < 0 or pos + n > len(self._buf):
             raise DecodeError(f"truncated: need {n} bytes, have {self.remaining}")
-        out = bytes(self._buf[self._pos : self._pos + n])
-        self._pos += n
-        return out
+        self._pos = pos + n
+        return bytes(self._buf[pos : pos + n])
+
+    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
+        """Several fixed-width fields at once (hot decoders use one ``Struct``)."""
+        pos = self._pos
+        if pos + st.size > len(self._buf):
+            raise DecodeError(f"truncated: need {st.size} bytes, have {self.remaining}")
+        self._pos = pos + st.size
+        return st.unpack_from(self._buf, pos)
 
     def _unpack(self, st: struct.Struct) -> Any:
-        return st.unpack(self.take(st.size))[0]
+        return self.unpack(st)[0]
 
     def u8(self) -> int:
         return self._unpack(_U8)

@@ -630,3 +630,4 @@ def test_routes_through_an_unmeasured_link_wait_for_its_first_cost():
     assert r.explain(O.node_id)["alternatives"][0]["ruled_out"] == "unmeasured"
     r.handle(LinkCostChanged(A.node_id, 300), 1.0)      # dearer than the 100 guessed
     assert r.fib()[O.node_id] == A.node_id and r.routes()[0]["metric"] == 305
+
