@@ -80,7 +80,8 @@ class ApiAgent(ProtocolAgent):
             if states_fn is not None:
                 agents.update(states_fn())
             return {"node_id": identity.node_id.hex(), "address": str(identity.address),
-                    "name": self.options.get("name", ""), "version": __version__,
+                    "name": self.options.get("name", ""),
+                    "region": self.options.get("region", ""), "version": __version__,
                     "uptime_s": round(time.monotonic() - self._started, 3),
                     "agents": agents, "listen": list(self._listen), "peers": len(self._peers),
                     "counters": dict(self._counters)}

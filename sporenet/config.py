@@ -51,7 +51,7 @@ class ProberConfig:
     """Link probing (DESIGN.md §3 "Link probing")."""
 
     interval: float = 1.0     # seconds between probes on one link
-    window: int = 10          # probes that loss is computed over
+    window: int = 256         # probes that loss is computed over (prober.py says why)
     dead_after: float = 5.0   # seconds without an answer before a link is declared dead
 
 

@@ -35,13 +35,6 @@ log = structlog.get_logger("sporenet.node")
 BUILTIN_AGENTS = ("link", "prober", "router", "overlay", "api")
 
 
-class NodeApiAgent(ApiAgent):
-    """The api agent, plus the node's region tag (option ``region``) in ``/v1/status``."""
-
-    def get_status(self) -> dict:
-        return {**super().get_status(), "region": self.options.get("region", "")}
-
-
 class Node:
     def __init__(self, config: NodeConfig, identity: Identity) -> None:
         self.config = config
@@ -56,7 +49,7 @@ class Node:
         fib = FibHolder()
         user = UserApi(lambda: self.bundle.agent("overlay"))
         specs: list[Any] = [
-            AgentSpec("api", NodeApiAgent, options={
+            AgentSpec("api", ApiAgent, options={
                 "identity": ident, "api": c.api, "name": c.name, "region": c.region,
                 "agent_states": lambda: self.bundle.states(), "routes": self._routes,
                 "explain": self._explain, "extra_routes": user.routes()}),

@@ -52,7 +52,7 @@ def test_empty_file_gives_defaults(tmp_path):
     assert cfg.api == DEFAULT_API == "127.0.0.1:8990"
     assert cfg.listen == (DEFAULT_LISTEN,) and cfg.peers == ()
     assert cfg.tun is True and cfg.log_level == "info" and cfg.log_format == "auto"
-    assert cfg.prober == ProberConfig(interval=1.0, window=10, dead_after=5.0)
+    assert cfg.prober == ProberConfig(interval=1.0, window=256, dead_after=5.0)
     assert cfg.agents == () and cfg.run_dir is None and cfg.name == ""
 
 
