@@ -38,7 +38,7 @@ from sporenet.protocols.notices import LinkMeasured, PeerDown, PeerUp
 from sporenet.protocols.route_table import (FrameFromNeighbour, LinkCostChanged, NeighbourDown,
                                             NeighbourUp, SendToNeighbour)
 from sporenet.protocols.router import Router, verify as verify_signature
-from sporenet.protocols.routing_messages import ROUTING_TYPES
+from sporenet.protocols.routing_messages import ROUTING_TYPES, RouteUpdate
 
 from .clock import VirtualClock
 from .fibmatrix import ChainResult, FibCapture, LinkLookup, follow
@@ -58,8 +58,10 @@ class RoutingSimNode(SimNode):
     def __init__(self, index: int, identity: Identity, clock: VirtualClock, network: NetworkModel,
                  rng: random.Random, *, interval: float = 1.0, update_interval: float = 2.0,
                  hold_time: float | None = None, region: str = "",
-                 verify: Callable[[bytes, bytes, bytes], bool] | None = None) -> None:
+                 verify: Callable[[bytes, bytes, bytes], bool] | None = None,
+                 shared: dict[bytes, bytes] | None = None) -> None:
         super().__init__(index, identity, clock, network, rng, interval=interval)
+        self._shared = shared
         extra = {} if verify is None else {"verify": verify}
         self.router = Router(identity, rng=rng, now=clock.now, region=region,
                              update_interval=update_interval, hold_time=hold_time, **extra)
@@ -100,9 +102,25 @@ class RoutingSimNode(SimNode):
             elif kind is SendToNeighbour:
                 self._execute(self.link.send_to(act.node_id, act.msg))
             elif kind is DeliverFrame and isinstance(act.msg, ROUTING_TYPES):
+                if type(act.msg) is RouteUpdate and self._shared is not None:
+                    self._share(act.msg)
                 self._execute(self.router.handle(FrameFromNeighbour(act.node_id, act.msg), now))
             else:
                 super()._execute([act])
+
+    def _share(self, msg: RouteUpdate) -> None:
+        """Point a freshly decoded update's key and signature at one shared copy.
+
+        Each router keeps the signature of every route it holds (N x degree of them,
+        ~100 bytes each): at 1,000+ nodes those copies of the same N signatures are a
+        third of the sim's memory. Only the object identity changes (equal bytes), and
+        the message was decoded for this node alone, so nothing else sees it.
+        """
+        shared = self._shared
+        assert shared is not None
+        for name in ("signature", "origin_pub"):
+            value = getattr(msg, name)
+            object.__setattr__(msg, name, shared.setdefault(value, value))
 
     def _publish(self, notice: object, now: float) -> None:
         super()._publish(notice, now)
@@ -284,9 +302,10 @@ def build_routing_sim(topology: Topology, rng: random.Random, *, probe_interval:
     network = NetworkModel(clock, random.Random(rng.getrandbits(64)))
     topology.apply_to(network)
     verify = shared_verifier()
+    shared: dict[bytes, bytes] = {}
     nodes = [RoutingSimNode(i, Identity(rng.randbytes(32)), clock, network,
                             random.Random(rng.getrandbits(64)), interval=probe_interval,
-                            update_interval=update_interval, verify=verify,
+                            update_interval=update_interval, verify=verify, shared=shared,
                             region=(topology.places[i].region or "") if regions else "")
              for i in range(topology.n)]
     state = FailureState(topology, network)

@@ -28,8 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from .fibmatrix import follow
-from .metrics import _region_components, percentiles, shortest_paths
+from .metrics import percentiles, shortest_paths
 from .routing import RoutingSim, build_routing_sim, make_topology
 from .topology import Topology, TopologyEvent
 
@@ -199,9 +198,15 @@ def _pair_flag(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     return flag
 
 
+def _suspects(node, peer: bytes) -> bool:
+    """The node's prober holds the link to ``peer`` suspect, or has dropped it."""
+    link = node.prober._links.get(peer)  # noqa: SLF001 - the sim's view of its own node
+    return link is None or link.suspect
+
+
 def cut(ctx: Context) -> dict[str, object]:
     """Per cut: t=0 the link goes silent (loss 1, no close); detection is the first end
-    whose prober declares it dead; rerouted is the first poll at which every pair whose
+    whose prober suspects it (or declares it dead); rerouted is the first poll at which every pair whose
     chain used the link reaches its destination without it."""
     started = time.monotonic()
     sim, cfg = ctx.sim, ctx.cfg
@@ -221,9 +226,11 @@ def cut(ctx: Context) -> dict[str, object]:
         t_cut = sim.clock.now
         sim.apply(TopologyEvent(t_cut, "link_down", a, b))
         done_at = np.full(len(srcs), np.nan)
-        rerouted = None
+        rerouted = noticed = None
         while sim.clock.now - t_cut < 30.0 * cfg.probe_interval:
             sim.clock.run_until(sim.clock.now + cfg.poll_s)
+            if noticed is None and (_suspects(sim.nodes[a], ids[b]) or _suspects(sim.nodes[b], ids[a])):
+                noticed = round(sim.clock.now - t_cut, 6)
             res = sim.follow(hop_flag=flag, dsts=dsts)
             c = np.array([col_of[int(before.dsts[x])] for x in cols], dtype=np.int64)
             ok = res.reached[srcs, c] & ~res.flagged[srcs, c]
@@ -231,9 +238,19 @@ def cut(ctx: Context) -> dict[str, object]:
             if ok.all():
                 rerouted = round(sim.clock.now - t_cut, 6)
                 break
-        downs = [t for t in (sim.nodes[a].down_at.get(ids[b]), sim.nodes[b].down_at.get(ids[a]))
-                 if t is not None and t >= t_cut]
+        # Rerouting may come before the link is declared dead (a suspect link's cost
+        # rises first): run on until it is, to report both.
+        dead_by = t_cut + sim.nodes[a].prober.dead_after + 2 * cfg.probe_interval
+        downs: list[float] = []
+        while True:
+            downs = [t for t in (sim.nodes[a].down_at.get(ids[b]), sim.nodes[b].down_at.get(ids[a]))
+                     if t is not None and t >= t_cut]
+            if downs or sim.clock.now >= dead_by:
+                break
+            sim.clock.run_until(sim.clock.now + cfg.poll_s)
         detect = min(downs) - t_cut if downs else None
+        if noticed is not None:  # the prober's suspicion (2.5 intervals) comes first
+            detect = noticed if detect is None else min(detect, noticed)
         per_cut.append({"link": [a, b], "affected_pairs": int(len(srcs)), "rerouted_s": rerouted,
                         "detected_s": detect,
                         "after_detection_s": None if rerouted is None or detect is None
@@ -288,79 +305,6 @@ def join(ctx: Context) -> dict[str, object]:
             "route_series": sorted(float(x) for x in got if not np.isnan(x)), **_common(sim, started)}
 
 
-def lossy(cfg: Config) -> dict[str, object]:
-    """Eligible flows: the shortest path crosses a lossy link and a loss-free path
-    within +20 % latency exists. Avoided: the chosen chain crosses no lossy link."""
-    started = time.monotonic()
-    rng = random.Random(cfg.seed)
-    base = _topology(cfg, rng)
-    k = round(cfg.lossy_fraction * len(base.links))
-    bad = set(random.Random(cfg.seed + 2).sample(range(len(base.links)), k))
-    topology = Topology(base.name, base.places, [dataclasses.replace(l, loss=cfg.loss) if i in bad else l
-                                                 for i, l in enumerate(base.links)])
-    lossy_pairs = [(topology.links[i].a, topology.links[i].b) for i in sorted(bad)]
-    sim = _build(cfg, topology, rng)
-    conv, _ = converge_until(sim, cfg)
-    n = topology.n
-    flag = _pair_flag(n, lossy_pairs)
-    truth = sim.truth()
-    best = truth.matrix().T
-    free = shortest_paths(topology, down_links=lossy_pairs).matrix().T
-    best_lossy = follow(truth.next_hops(), sim.links(), hop_flag=flag).flagged
-    off = ~np.eye(n, dtype=bool)
-    eligible = off & best_lossy & (free <= 1.2 * best)
-    no_alt = off & best_lossy & ~(free <= 1.2 * best)
-    samples = []
-    end = sim.clock.now + cfg.lossy_settle_s
-    while sim.clock.now < end:
-        sim.clock.run_until(min(end, sim.clock.now + max(cfg.lossy_settle_s / 4, cfg.sample_every)))
-        res = sim.follow(hop_flag=flag)
-        avoided = res.reached & ~res.flagged
-        samples.append({"t": sim.clock.now,
-                        "eligible_avoided": float(avoided[eligible].mean()) if eligible.any() else None,
-                        "no_alternative_avoided": float(avoided[no_alt].mean()) if no_alt.any() else None,
-                        "all_pairs_on_lossy": float((res.reached & res.flagged)[off].mean())})
-    directed = {p for ab in lossy_pairs for p in (ab, ab[::-1])}
-    measured = [m for x in sim.nodes for nid, m in x.measured.items()
-                if (x.index, x.peer_index.get(nid, -1)) in directed]
-    clean = [m for x in sim.nodes for m in x.measured.values()]
-    return {"convergence_s": conv, "lossy_links": k, "links": len(topology.links), "loss": cfg.loss,
-            "eligible_flows": int(eligible.sum()), "no_alternative_flows": int(no_alt.sum()),
-            "avoided_fraction": samples[-1]["eligible_avoided"] if samples else None,
-            "samples": samples,
-            "lossy_link_loss_estimate": _stats(m.loss for m in measured),
-            "lossy_link_cost_inflation": _stats(m.cost / (m.rtt_ms + 1.0) for m in measured),
-            "all_link_cost_inflation": _stats(m.cost / (m.rtt_ms + 1.0) for m in clean),
-            **_common(sim, started)}
-
-
-def regions(cfg: Config) -> dict[str, object]:
-    """Every router tagged with its place's region (continents of ``geo``). A flow of
-    two nodes of one region with a path inside it must stay inside: every hop checked."""
-    started = time.monotonic()
-    rng = random.Random(cfg.seed)
-    topology = _topology(cfg, rng)
-    sim = _build(cfg, topology, rng, regions=True)
-    conv, _ = converge_until(sim, cfg)
-    sim.clock.run_until(sim.clock.now + 2 * cfg.update_interval)
-    n = topology.n
-    reg = np.array([p.region or "" for p in topology.places])
-    comp = np.array(_region_components(topology, set(range(n))))
-    cross = reg[:, None] != reg[None, :]  # a hop u -> v between regions
-    res = sim.follow(hop_flag=cross)
-    flows = (~cross) & (comp[:, None] == comp[None, :]) & ~np.eye(n, dtype=bool) & (reg[:, None] != "")
-    left = flows & res.reached & res.flagged
-    best = sim.truth().matrix().T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        st = (res.latency / best)[flows & res.reached & ~res.flagged]
-    return {"convergence_s": conv, "regions": {r: int((reg == r).sum()) for r in sorted(set(reg))},
-            "in_region_flows": int(flows.sum()), "left_region": int(left.sum()),
-            "unreachable": int((flows & ~res.reached).sum()),
-            "left_examples": [[int(s), int(d)] for s, d in zip(*np.nonzero(left))][:10],
-            "in_region_stretch": _stats(st[np.isfinite(st)]) if st.size else {},
-            **_common(sim, started)}
-
-
 def idle(ctx: Context) -> dict[str, object]:
     """Control bytes each node sends in ``idle_window_s`` after convergence (all frames:
     probes, acks, routing), per minute, and divided by its number of peers."""
@@ -385,7 +329,21 @@ def idle(ctx: Context) -> dict[str, object]:
 
 SHARED: dict[str, Callable[[Context], dict[str, object]]] = {
     "converge": converge, "idle": idle, "join": join, "cut": cut, "churn": churn}
-OWN: dict[str, Callable[[Config], dict[str, object]]] = {"lossy": lossy, "regions": regions}
+
+
+def code_blobs() -> dict[str, str]:
+    """Git blob ids of the protocol sources this process runs (``git log --find-object``
+    names the commit), since the figures depend on them and the tree may be dirty."""
+    import hashlib
+    from pathlib import Path
+
+    from sporenet.protocols import prober, route_table, router, routing_messages
+
+    out = {}
+    for mod in (router, prober, route_table, routing_messages):
+        data = Path(mod.__file__).read_bytes()
+        out[Path(mod.__file__).name] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()[:12]
+    return out
 
 
 def run_scenarios(cfg: Config, names: list[str] | tuple[str, ...] = SCENARIOS,
@@ -394,7 +352,10 @@ def run_scenarios(cfg: Config, names: list[str] | tuple[str, ...] = SCENARIOS,
     unknown = set(names) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenario(s) {sorted(unknown)}; one of {', '.join(SCENARIOS)}")
-    out: dict[str, object] = {"config": dataclasses.asdict(cfg), "scenarios": {}}
+    out: dict[str, object] = {"config": dataclasses.asdict(cfg), "code": code_blobs(),
+                              "scenarios": {}}
+    from .routing_variants import OWN
+
     ctx = Context(cfg)
     for name in SCENARIOS:
         if name not in names:

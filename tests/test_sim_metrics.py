@@ -184,3 +184,15 @@ def test_region_locality_counts_chains_that_leave_their_region():
     geo = geographic(300, 6, random.Random(9))
     s = region_locality(shortest_paths(geo).next_hop, geo)
     assert s.pairs > 0 and s.unreachable == 0 and s.left_region < s.pairs
+
+
+def test_shortest_paths_as_matrices_match_the_scalar_view():
+    for use_scipy in (False, None):
+        sp = shortest_paths(small(), use_scipy=use_scipy)
+        dist, nh = sp.matrix(), sp.next_hops()
+        assert dist.shape == (5, 5) and nh.shape == (5, 5)
+        for src in range(5):
+            for dst in range(5):
+                assert dist[dst, src] == pytest.approx(sp.latency(src, dst))
+                hop = sp.next_hop(src, dst)
+                assert nh[src, dst] == (-1 if hop is None else hop)

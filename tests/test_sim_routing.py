@@ -171,9 +171,10 @@ def test_cut_scenario_reroutes_after_a_silent_cut(shared):
     assert c["cuts"] == 3 and c["not_rerouted"] == 0
     for one in c["per_cut"]:
         assert one["affected_pairs"] > 0
-        # Nothing moves before the cut is noticed; once it is, rerouting is quick.
+        # The dead link is declared within dead_after of the cut (its last ack came
+        # before the cut); at the latest, rerouting follows detection quickly.
         assert one["detected_s"] is not None and one["detected_s"] <= c["dead_after_s"] + 0.01
-        assert one["rerouted_s"] >= one["detected_s"] - 1e-9 or one["rerouted_s"] < 1.0
+        assert one["after_detection_s"] == pytest.approx(one["rerouted_s"] - one["detected_s"])
         assert one["after_detection_s"] <= 2.0
 
 
