@@ -74,6 +74,7 @@ class LinkMeasured(Notice):
     loss: float  # fraction of the last window's probes that got no ack, 0..1
     cost: float
     samples: int
+    suspect: bool = False  # silent for ``suspect_after``: cost is SUSPECT_COST until an ack
 
 
 @dataclass(frozen=True, slots=True)

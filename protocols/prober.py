@@ -17,6 +17,12 @@ How a link is measured (DESIGN.md §3 "Link probing"):
 - A link whose last valid ack is ``dead_after`` seconds old is declared dead, at
   exactly that moment: the bound on detection is ``dead_after`` after the link went
   silent. Then the prober forgets the link; the node closes it (PeerDown follows).
+- A link silent for ``suspect_after`` (2.5 intervals: one lost probe leaves a gap of
+  about 2) is *suspect*: one ``LinkMeasured(suspect=True)`` with ``SUSPECT_COST`` so
+  routing moves to any alternative at once, long before the link is declared dead;
+  the next ack restores its cost. After a silent cut traffic is rerouted within 2.5
+  intervals instead of 4, while two lost probes in a row (0.04 % at 2 % loss) cost
+  only a short detour.
 - One ``LinkMeasured`` per resolved probe (ack or timeout), so at most about one
   per interval per link, and none before the first RTT sample.
 
@@ -47,6 +53,7 @@ ALPHA = 1 / 8  # RFC 6298 §2.3
 BETA = 1 / 4
 HOP_COST_MS = 1.0
 LOSS_WEIGHT = 10.0
+SUSPECT_COST = 60_000.0  # a minute: worse than any real path, still finite
 MAX_LOSS = 0.9
 _SEQ_MASK = 0xFFFF_FFFF
 
@@ -124,6 +131,7 @@ class _Link:
     srtt: float | None = None
     rttvar: float = 0.0
     samples: int = 0
+    suspect: bool = False
 
     def loss(self) -> float:
         return sum(self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
@@ -133,7 +141,8 @@ class Prober:
     """Probes every peer link; see the module docstring."""
 
     def __init__(self, *, rng: random.Random, interval: float = 1.0, window: int = 256,
-                 probe_timeout: float | None = None, dead_after: float | None = None) -> None:
+                 probe_timeout: float | None = None, dead_after: float | None = None,
+                 suspect_after: float | None = None) -> None:
         if interval <= 0 or window < 1:
             raise LocalProtocolError("interval must be > 0 and window >= 1")
         self._rng = rng
@@ -141,9 +150,10 @@ class Prober:
         self.window = window
         self.probe_timeout = 2 * interval if probe_timeout is None else probe_timeout
         self.dead_after = 4 * interval if dead_after is None else dead_after
+        self.suspect_after = 2.5 * interval if suspect_after is None else suspect_after
         self._links: dict[bytes, _Link] = {}
         self._counters = {"probes_sent": 0, "acks_sent": 0, "late_acks": 0, "stray_acks": 0,
-                         "declared_dead": 0}
+                         "declared_dead": 0, "suspected": 0}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -185,6 +195,8 @@ class Prober:
         best: float | None = None
         for link in self._links.values():
             t = min(link.next_probe, link.last_heard + self.dead_after)
+            if not link.suspect and link.srtt is not None:
+                t = min(t, link.last_heard + self.suspect_after)
             if link.outstanding:
                 t = min(t, next(iter(link.outstanding.values())) + self.probe_timeout)
             best = t if best is None or t < best else best
@@ -198,7 +210,12 @@ class Prober:
                 self._counters["declared_dead"] += 1
                 actions.append(DeclareDead(nid, f"no probe ack for {self.dead_after:g} s"))
                 continue
-            if self._expire(link, now) and link.srtt is not None:
+            became_suspect = (not link.suspect and link.srtt is not None
+                              and link.last_heard + self.suspect_after <= now)
+            if became_suspect:
+                link.suspect = True
+                self._counters["suspected"] += 1
+            if (self._expire(link, now) and link.srtt is not None) or became_suspect:
                 actions.append(Publish(self._measured(nid, link)))
             if link.next_probe <= now:
                 actions += self._probe(nid, link, now)
@@ -232,7 +249,7 @@ class Prober:
         del link.outstanding[seq]
         self._sample(link, now - sent)
         link.outcomes.append(False)
-        link.last_heard = now
+        link.last_heard, link.suspect = now, False
         return [Publish(self._measured(nid, link))]
 
     @staticmethod
@@ -248,5 +265,6 @@ class Prober:
     def _measured(self, nid: bytes, link: _Link) -> LinkMeasured:
         assert link.srtt is not None
         rtt_ms, loss = link.srtt * 1000, link.loss()
-        return LinkMeasured(nid, rtt_ms, link.rttvar * 1000, loss, link_cost(rtt_ms, loss),
-                            link.samples)
+        cost = SUSPECT_COST if link.suspect else link_cost(rtt_ms, loss)
+        return LinkMeasured(nid, rtt_ms, link.rttvar * 1000, loss, cost, link.samples,
+                            link.suspect)

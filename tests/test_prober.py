@@ -153,7 +153,7 @@ def test_dead_link_is_declared_within_dead_after_of_the_last_ack():
     e.execute(p.handle(LinkAdded(PEER), 0.0))
     e.run(30.0)
     (when, act), = e.dead
-    last_ack = max(t for t, _ in e.measured if _.loss == 0.0)
+    last_ack = max(t for t, _ in e.measured if _.loss == 0.0 and not _.suspect)
     assert act.node_id == PEER
     assert when == pytest.approx(last_ack + p.dead_after)
     assert p.dead_after == 4.0 and p.links() == [] and p.next_deadline() is None
@@ -234,3 +234,27 @@ def test_bad_parameters_and_events_are_local_errors():
         Prober(rng=random.Random(1), interval=0)
     with pytest.raises(LocalProtocolError):
         start().handle(object(), 0.0)
+
+
+def test_a_silent_link_is_suspect_before_it_is_dead_and_recovers_on_an_ack():
+    from sporenet.protocols.prober import SUSPECT_COST
+    p = start()
+    e = Echo(p, drop=lambda i: 10 <= i < 12)  # two probes in a row unanswered
+    e.execute(p.handle(LinkAdded(PEER), 0.0))
+    e.run(30.0)
+    suspect = [(t, m) for t, m in e.measured if m.suspect]
+    assert len(suspect) >= 1 and p.counters["suspected"] == 1 and e.dead == []
+    t_suspect, first = suspect[0]
+    last_ack = max(t for t, m in e.measured if t < t_suspect and not m.suspect)
+    assert t_suspect == pytest.approx(last_ack + 2.5)           # 2.5 intervals of silence
+    assert first.cost == SUSPECT_COST and first.rtt_ms == pytest.approx(50.0)
+    after = [m for t, m in e.measured if t > t_suspect and not m.suspect]
+    assert after and after[0].cost == pytest.approx(link_cost(after[0].rtt_ms, after[0].loss))
+
+
+def test_one_lost_probe_does_not_make_a_link_suspect():
+    p = start()
+    e = Echo(p, drop=lambda i: i % 10 == 5)                    # 10 % loss, never two in a row
+    e.execute(p.handle(LinkAdded(PEER), 0.0))
+    e.run(120.0)
+    assert p.counters["suspected"] == 0 and not any(m.suspect for _, m in e.measured)
