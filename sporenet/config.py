@@ -35,7 +35,10 @@ DEFAULT_LISTEN = "tcp://0.0.0.0:8991"
 ENDPOINT_SCHEMES = ("tcp",)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+UNKNOWN_TOPICS = ("accept", "refuse")
 MAX_REGION_BYTES = 32     # as protocols.routing_messages.MAX_REGION_BYTES (a test checks)
+MAX_TOPIC_BYTES = 255     # as protocols.overlay_messages.MAX_TOPIC_BYTES (a test checks)
+ANYONE = "*"              # a topic's sender list ["*"]: every sender is accepted
 
 
 class ConfigError(Exception):
@@ -81,6 +84,13 @@ class NodeConfig:
     log_format: str = "auto"
     agents: tuple[AgentSpec, ...] = ()
     prober: ProberConfig = ProberConfig()
+    # [topics]: topic -> canonical senders (addresses, networks), or None for anyone
+    topics: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    unknown_topics: str = "accept"       # topics not in [topics]: "accept" or "refuse"
+
+    @property
+    def accept_unknown_topics(self) -> bool:
+        return self.unknown_topics == "accept"
 
     def run_dir_for(self, node_id: bytes) -> Path:
         """The configured run directory, or the default for this node id."""
@@ -142,6 +152,76 @@ def parse_endpoint(text: str, *, allow_port_zero: bool = True) -> tuple[str, str
         raise ValueError(f"unknown scheme {m['scheme']!r}; known: {', '.join(ENDPOINT_SCHEMES)}")
     host, port = parse_host_port(m["rest"], allow_port_zero=allow_port_zero)
     return m["scheme"], host, port
+
+
+# -- topic senders ------------------------------------------------------------------
+
+_NODE_ID_RE = re.compile(r"[0-9a-fA-F]{64}")
+SENDER_EXAMPLE = '"*", an overlay address, a network such as "600:1234::/64", or a 64-hex-digit node id'
+
+
+def parse_sender(text: str) -> ipaddress.IPv6Address | ipaddress.IPv6Network:
+    """One allowed sender of a topic: an overlay address (``"602:ab::1"``), a network
+    (``"602:ab::/64"``) or a node id (64 hex digits, turned into its address).
+
+    Raises ``ValueError`` saying what is wrong. ``"*"`` is not a sender (see
+    ``parse_senders``)."""
+    if not isinstance(text, str):
+        raise ValueError("is not a string")
+    text = text.strip()
+    if _NODE_ID_RE.fullmatch(text):
+        from sporenet.protocols.identity import address_of_node_id
+        return address_of_node_id(bytes.fromhex(text))
+    from sporenet.protocols.identity import OVERLAY_PREFIX
+    if "/" in text:
+        try:
+            net = ipaddress.IPv6Network(text, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"is not an IPv6 network ({exc})") from None
+        if not net.overlaps(OVERLAY_PREFIX):
+            raise ValueError(f"holds no overlay address (they are in {OVERLAY_PREFIX})")
+        return net
+    try:
+        addr = ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ValueError("is neither an IPv6 address, a network nor a node id") from None
+    if addr not in OVERLAY_PREFIX:
+        raise ValueError(f"is not an overlay address (they are in {OVERLAY_PREFIX})")
+    return addr
+
+
+def parse_senders(items: Any) -> tuple[str, ...] | None:
+    """A topic's sender list -> canonical strings, or None for ``["*"]`` (anyone).
+
+    ``[]`` means nobody. Raises ``ValueError`` naming the faulty item (``[1]: ...``)."""
+    if items is None or items == ANYONE:
+        return None
+    if isinstance(items, str) or not isinstance(items, (list, tuple)):
+        raise ValueError(f"is not a list of senders; expected e.g. [\"{ANYONE}\"] or "
+                         '["600:1234::/64"]')
+    if ANYONE in items:
+        if len(items) != 1:
+            raise ValueError(f'mixes "{ANYONE}" (anyone) with other senders; give ["{ANYONE}"] '
+                             "alone or only the senders to accept")
+        return None
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(str(parse_sender(item)))
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {_show(item)} {exc}; expected {SENDER_EXAMPLE}") from None
+    return tuple(dict.fromkeys(out))
+
+
+def check_topic_name(topic: Any) -> str:
+    """A topic name: text of at most 255 UTF-8 bytes (``""`` is the default topic)."""
+    if not isinstance(topic, str):
+        raise ValueError("is not a topic; expected text")
+    size = len(topic.encode("utf-8", errors="replace"))
+    if size > MAX_TOPIC_BYTES:
+        raise ValueError(f"is too long for a topic ({size} bytes); expected at most "
+                         f"{MAX_TOPIC_BYTES} UTF-8 bytes")
+    return topic
 
 
 # -- value checkers -----------------------------------------------------------------
@@ -344,6 +424,31 @@ def _check_agents(value: Any, where: str, ctx: _Ctx) -> Any:
     return tuple(specs) if len(ctx.problems) == before else _BAD
 
 
+def _check_topics(value: Any, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(value, dict):
+        return ctx.bad(where, value, 'is not a table; expected [topics] with lines like '
+                                     'chat = ["*"] or control = ["600:1234::/64"]')
+    before, out = len(ctx.problems), {}
+    for topic, senders in value.items():
+        shown = topic if len(topic) <= 40 else topic[:37] + "..."
+        key = f"{where}.{shown}" if re.fullmatch(r"[A-Za-z0-9_.-]+", shown) \
+            else f"{where}.{json.dumps(shown)}"
+        try:
+            check_topic_name(topic)
+        except ValueError as exc:
+            ctx.problems.append(f"{ctx.source}: {key}: topic name {exc}")
+            continue
+        try:
+            out[topic] = parse_senders(senders)
+        except ValueError as exc:
+            text = str(exc)
+            if text.startswith("["):     # an item: name it as topics.x[1]
+                ctx.problems.append(f"{ctx.source}: {key}{text}")
+            else:
+                ctx.bad(key, senders, text)
+    return out if len(ctx.problems) == before else _BAD
+
+
 _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "key_file": _check_path,
     "listen": _list_of(_endpoint_checker(allow_port_zero=True), f'["{DEFAULT_LISTEN}"]'),
@@ -357,6 +462,8 @@ _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "log_format": _choice(LOG_FORMATS, "log format"),
     "agents": _check_agents,
     "prober": _check_prober,
+    "topics": _check_topics,
+    "unknown_topics": _choice(UNKNOWN_TOPICS, "policy for topics without a rule"),
 }
 
 

@@ -58,9 +58,11 @@ def ping(destination: str, count: int, timeout: float, api: str) -> None:
 @click.option("--to", "to", required=True, help="destination overlay address or node id")
 @click.option("--topic", default="", help="topic the receiver filters on")
 @click.option("--timeout", default=30.0, show_default=True, help="delivery deadline, seconds")
+@click.option("--reply-to", type=click.IntRange(0, 2 ** 64 - 1), default=0,
+              help="msg_id of a received message this answers (see recv --json)")
 @click.argument("payload")
 @_api
-def send(to: str, topic: str, timeout: float, payload: str, api: str) -> None:
+def send(to: str, topic: str, timeout: float, reply_to: int, payload: str, api: str) -> None:
     """Send PAYLOAD (text, or - for standard input) as a message; waits for the ack."""
     data = sys.stdin.buffer.read() if payload == "-" else payload.encode("utf-8")
     import base64
@@ -68,6 +70,7 @@ def send(to: str, topic: str, timeout: float, payload: str, api: str) -> None:
     client = _client(api)
     try:
         started = client.post("/v1/messages", {"to": to, "topic": topic, "deadline": timeout,
+                                               "reply_to": reply_to,
                                                "data_b64": base64.b64encode(data).decode()})
         res = _wait_result(client, "/v1/message", started["id"], timeout + 1)
     except ApiClientError as e:
