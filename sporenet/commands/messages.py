@@ -12,7 +12,7 @@ import time
 
 import click
 
-from sporenet.api_client import ApiClient, ApiClientError
+from sporenet.api_client import MAX_API_MESSAGE, ApiClient, ApiClientError
 
 _api = click.option("--api", envvar="SPORENET_API", default="127.0.0.1:8990", show_default=True,
                     help="HOST:PORT of the node's local API")
@@ -66,6 +66,10 @@ def send(to: str, topic: str, timeout: float, reply_to: int, payload: str, api: 
     """Send PAYLOAD (text, or - for standard input) as a message; waits for the ack."""
     data = sys.stdin.buffer.read() if payload == "-" else payload.encode("utf-8")
     import base64
+
+    if len(data) > MAX_API_MESSAGE:
+        raise click.ClickException(f"a message of {len(data)} bytes does not fit the local API "
+                                   f"(at most {MAX_API_MESSAGE} bytes); split it")
 
     client = _client(api)
     try:
