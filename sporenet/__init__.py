@@ -9,8 +9,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = ("Client", "Message", "Sent", "PingResult", "Topics", "TopicRule", "ApiClientError",
-         "NodeUnreachable", "ApiRequestError", "DeliveryFailed", "PingFailed", "MessageTooLarge")
+_LAZY = ("Client", "Message", "Sent", "PingResult", "Topics", "TopicRule", "NodeStatus", "Peer",
+         "Route", "RouteChoice", "Explanation", "ApiClientError", "NodeUnreachable",
+         "ApiRequestError", "DeliveryFailed", "PingFailed", "MessageTooLarge")
 __all__ = ["__version__", *_LAZY]
 
 

@@ -143,3 +143,19 @@ def test_the_example_runs():
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[ask] answer from" in out.stdout and "over 2 hops" in out.stdout
+
+
+def test_cli_replies_are_seen_by_the_client(line):
+    mesh, A, C = line
+    a, c = mesh.nodes["a"], mesh.nodes["c"]
+    sent = A.send(c.node_id, b"question", topic="q")
+    m = C.receive("q", timeout=10)
+    assert m is not None and m.msg_id == sent.msg_id
+    out = subprocess.run([sys.executable, "-m", "sporenet.cli", "send", "--api", c.info["api"],
+                          "--to", m.src, "--topic", m.topic, "--reply-to", str(m.msg_id),
+                          "answer"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-m", "sporenet.cli", "recv", "--api", a.info["api"],
+                          "--topic", "q", "--wait", "10"], capture_output=True, text=True,
+                         timeout=60)
+    assert f"[q] from {c.info['address']} (reply to {sent.msg_id}): answer" in out.stdout

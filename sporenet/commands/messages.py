@@ -107,7 +107,9 @@ def recv(topic: str | None, wait: float, as_json: bool, api: str) -> None:
         if as_json:
             click.echo(json.dumps(m))
         else:
-            click.echo(f"[{m['topic'] or '-'}] from {m['from']}: {m.get('data', m['data_b64'])}")
+            reply = f" (reply to {m['reply_to']})" if m.get("reply_to") else ""
+            click.echo(f"[{m['topic'] or '-'}] from {m['from']}{reply}: "
+                       f"{m.get('data', m['data_b64'])}")
 
 
 command = ping
