@@ -28,6 +28,15 @@ Rules:
   ``unreachable_burst``), overflow counted as ``unreachable_suppressed``.
 - The notice is an ordinary ``Routed(proto=UNREACHABLE)`` in a ``SendToNeighbour``
   (or ``DeliverLocal``), so the executor needs no extra case.
+- Path trace: a ``TraceRequest`` (proto 8) sent on to a neighbour, by its origin or
+  by a transit node, gets this node's ``TraceRecord`` appended: our address, the
+  next hop, that link's ``link_stats(next_hop) -> (rtt_ms, loss, cost) | None`` and
+  ``route_metric(dst_address) -> int | None`` (both callables the caller hands in;
+  unknown values travel as ``UNKNOWN``). A full list (``MAX_TRACE_RECORDS``) or a
+  record that would overflow the frame is not appended: the request goes on with
+  ``TRACE_TRUNCATED`` set (counted ``trace_truncated``); a request whose payload
+  does not decode goes on unchanged (``trace_malformed``). The hop limit applies
+  as to any packet.
 """
 
 from __future__ import annotations
@@ -35,16 +44,19 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from . import wire
 from .base import Action, Event
 from .errors import DecodeError, LocalProtocolError
 from .identity import Identity, _address_from_node_id
-from .overlay_messages import (PREFIX_SIZE, Proto, Routed, Unreachable,
-                               UnreachableReason, pack_address)
+from .overlay_messages import (MAX_ROUTED_PAYLOAD, MAX_TRACE_RECORDS, PREFIX_SIZE,
+                               TRACE_TRUNCATED, Proto, Routed, TraceRecord, TraceRequest,
+                               Unreachable, UnreachableReason, pack_address)
 
 DEFAULT_HOP_LIMIT = 64
+LinkStats = Callable[[bytes], "tuple[float | None, float | None, float | None] | None"]
+RouteMetric = Callable[[bytes], "int | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +87,9 @@ class Forwarder:
 
     def __init__(self, identity: Identity | bytes | ipaddress.IPv6Address | str, *,
                  hop_limit: int = DEFAULT_HOP_LIMIT, unreachable_rate: float = 100.0,
-                 unreachable_burst: float = 100.0) -> None:
+                 unreachable_burst: float = 100.0, link_stats: LinkStats | None = None,
+                 route_metric: RouteMetric | None = None,
+                 max_trace_records: int = MAX_TRACE_RECORDS) -> None:
         if not 1 <= hop_limit <= 0xFF:
             raise LocalProtocolError(f"hop limit {hop_limit} out of range 1..255")
         address = identity.address if isinstance(identity, Identity) else identity
@@ -89,6 +103,9 @@ class Forwarder:
         self._burst = unreachable_burst
         self._tokens = unreachable_burst
         self._tokens_at: float | None = None
+        self.link_stats = link_stats
+        self.route_metric = route_metric
+        self.max_trace_records = min(max_trace_records, MAX_TRACE_RECORDS)
 
     # -- snapshots -------------------------------------------------------
 
@@ -166,9 +183,35 @@ class Forwarder:
             return self._unreachable(packet, UnreachableReason.NO_ROUTE, now)
         if from_node is not None:
             self.counters["forwarded"] += 1
+        payload = packet.payload
+        if packet.proto == Proto.TRACE_REQUEST:
+            payload = self._trace_step(payload, dst, hop)
         out = Routed(packet.src, dst, packet.hop_limit - 1, min(packet.hops_taken + 1, 0xFF),
-                     packet.proto, packet.payload)
+                     packet.proto, payload)
         return [SendToNeighbour(hop, out)]
+
+    def _trace_step(self, payload: bytes, dst: bytes, hop: bytes) -> bytes:
+        """The request's payload with our record appended (see the module docstring)."""
+        try:
+            req = TraceRequest.decode(payload)
+        except DecodeError:
+            self.counters["trace_malformed"] += 1
+            return payload
+        if (len(req.records) >= self.max_trace_records
+                or len(payload) + TraceRecord.SIZE > MAX_ROUTED_PAYLOAD):
+            self.counters["trace_truncated"] += 1
+            if req.truncated:
+                return payload
+            return TraceRequest(req.trace_id, req.records, req.flags | TRACE_TRUNCATED).encode()
+        stats = self.link_stats(hop) if self.link_stats is not None else None
+        rtt, loss, cost = stats if stats is not None else (None, None, None)
+        metric = self.route_metric(dst) if self.route_metric is not None else None
+        try:
+            record = TraceRecord.of(self.address, hop, rtt, loss, cost, metric)
+        except LocalProtocolError:  # a neighbour id that is not 32 bytes: record no link
+            record = TraceRecord.of(self.address, bytes(32), None, None, None, metric)
+        self.counters["trace_recorded"] += 1
+        return TraceRequest(req.trace_id, req.records + (record,), req.flags).encode()
 
     def _unreachable(self, packet: Routed, reason: int, now: float) -> list[Action]:
         if packet.proto == Proto.UNREACHABLE:

@@ -428,8 +428,10 @@ class MessageEndpoint:
                 return []
             del self._pings[payload.ping_id]
             return [PingResult(payload.ping_id, src, now - p[1], event.hops_taken)]
-        assert isinstance(payload, Unreachable)
-        return self._on_unreachable(src, payload)
+        if isinstance(payload, Unreachable):
+            return self._on_unreachable(src, payload)
+        self.counters["not_for_messages"] += 1  # traces: ``trace.Tracer``
+        return []
 
     def _on_unreachable(self, reporter: Address, u: Unreachable) -> list[Action]:
         dst = Address(u.dst)

@@ -25,6 +25,16 @@ Payloads, selected by ``proto`` (``Proto``); each has ``encode() -> bytes`` and
 - ``Unreachable`` (proto 5): ``dst[16] | reason:u8`` (the destination that could
   not be reached, ``UnreachableReason``).
 
+- ``TraceRequest`` (proto 8) / ``TraceReply`` (proto 9): ``trace_id:u32 | flags:u8 |
+  count:u8 | record * count``; a record (``TraceRecord``, 64 bytes) is
+  ``address[16] | next_hop[32] | rtt_us:u32 | loss_ppm:u32 | cost_milli:u32 |
+  metric:u32``: the overlay address of a node that forwarded the request, the node
+  id it forwarded to, that link's smoothed RTT (microseconds), loss (parts per
+  million) and cost (thousandths), and the node's route metric to the destination.
+  ``UNKNOWN`` (0xFFFFFFFF) in a measurement means "not known at that node". At most
+  ``MAX_TRACE_RECORDS`` records; flag ``TRACE_TRUNCATED`` (0x01): some node could
+  not append its record because the list was full.
+
 Protos 6 (session handshake) and 7 (E2E data) are reserved for [3/7].
 """
 
@@ -45,6 +55,10 @@ MAX_ROUTED_PAYLOAD = wire.MAX_FRAME_SIZE - wire.HEADER_SIZE - ROUTED_HEADER_SIZE
 MAX_TOPIC_BYTES = 0xFF
 ACK_REFUSED = 0x01
 _U8, _U16, _U32, _U64 = 0xFF, 0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF
+NODE_ID_SIZE = 32
+MAX_TRACE_RECORDS = 64
+TRACE_TRUNCATED = 0x01
+UNKNOWN = _U32
 
 
 class Proto(enum.IntEnum):
@@ -57,6 +71,8 @@ class Proto(enum.IntEnum):
     UNREACHABLE = 5
     SESSION_HANDSHAKE = 6
     E2E_DATA = 7
+    TRACE_REQUEST = 8
+    TRACE_REPLY = 9
 
 
 class UnreachableReason(enum.IntEnum):
@@ -301,8 +317,122 @@ class Unreachable(Payload):
         return cls(dst, reason)
 
 
+def _scaled(value: float | None, scale: float) -> int:
+    """``value * scale`` as a u32 (clamped below ``UNKNOWN``); None -> ``UNKNOWN``."""
+    if value is None or value != value:
+        return UNKNOWN
+    return min(UNKNOWN - 1, max(0, round(value * scale)))
+
+
+def _unscaled(raw: int, scale: float) -> float | None:
+    return None if raw == UNKNOWN else raw / scale
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """One forwarding step of a trace, as the forwarding node saw it (fixed point on
+    the wire; ``of`` builds one from floats, the properties read them back)."""
+
+    address: bytes        # the overlay address of the node that forwarded
+    next_hop: bytes       # the node id it forwarded to
+    rtt_us: int = UNKNOWN
+    loss_ppm: int = UNKNOWN
+    cost_milli: int = UNKNOWN
+    metric: int = UNKNOWN  # that node's route metric to the destination
+
+    SIZE: ClassVar[int] = ADDRESS_SIZE + NODE_ID_SIZE + 16
+
+    def __post_init__(self) -> None:
+        _need(self.address, ADDRESS_SIZE, "trace record address")
+        _need(self.next_hop, NODE_ID_SIZE, "trace record next hop")
+        for v, what in ((self.rtt_us, "rtt"), (self.loss_ppm, "loss"),
+                        (self.cost_milli, "cost"), (self.metric, "metric")):
+            _check(v, _U32, what)
+        if self.loss_ppm != UNKNOWN and self.loss_ppm > 1_000_000:
+            raise LocalProtocolError(f"loss {self.loss_ppm} ppm above 100 %")
+
+    @classmethod
+    def of(cls, address: bytes, next_hop: bytes, rtt_ms: float | None = None,
+           loss: float | None = None, cost: float | None = None,
+           metric: int | None = None) -> TraceRecord:
+        loss = None if loss is None else min(1.0, max(0.0, loss))
+        return cls(address, next_hop, _scaled(rtt_ms, 1000), _scaled(loss, 1_000_000),
+                   _scaled(cost, 1000), _scaled(metric, 1))
+
+    @property
+    def rtt_ms(self) -> float | None:
+        return _unscaled(self.rtt_us, 1000)
+
+    @property
+    def loss(self) -> float | None:
+        return _unscaled(self.loss_ppm, 1_000_000)
+
+    @property
+    def cost(self) -> float | None:
+        return _unscaled(self.cost_milli, 1000)
+
+    @property
+    def route_metric(self) -> int | None:
+        return None if self.metric == UNKNOWN else self.metric
+
+    def encode(self) -> bytes:
+        return (wire.Writer().raw(self.address).raw(self.next_hop).u32(self.rtt_us)
+                .u32(self.loss_ppm).u32(self.cost_milli).u32(self.metric).getvalue())
+
+    @classmethod
+    def read(cls, r: wire.Reader) -> TraceRecord:
+        address, next_hop = r.take(ADDRESS_SIZE), r.take(NODE_ID_SIZE)
+        return cls(address, next_hop, r.u32(), r.u32(), r.u32(), r.u32())
+
+
+@dataclass(frozen=True, slots=True)
+class _Trace(Payload):
+    trace_id: int
+    records: tuple[TraceRecord, ...] = ()
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.trace_id, _U32, "trace id")
+        _check(self.flags, _U8, "flags")
+        if len(self.records) > MAX_TRACE_RECORDS:
+            raise LocalProtocolError(f"{len(self.records)} trace records exceed "
+                                     f"{MAX_TRACE_RECORDS}")
+        if not all(isinstance(x, TraceRecord) for x in self.records):
+            raise LocalProtocolError("trace records must be TraceRecord")
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & TRACE_TRUNCATED)
+
+    def encode(self) -> bytes:
+        return (wire.Writer().u32(self.trace_id).u8(self.flags).u8(len(self.records))
+                .raw(b"".join(x.encode() for x in self.records)).getvalue())
+
+    @classmethod
+    def _decode(cls, r: wire.Reader) -> Payload:
+        trace_id, flags, count = r.u32(), r.u8(), r.u8()
+        if count > MAX_TRACE_RECORDS:
+            raise DecodeError(f"{count} trace records exceed {MAX_TRACE_RECORDS}")
+        return cls(trace_id, tuple(TraceRecord.read(r) for _ in range(count)), flags)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest(_Trace):
+    """Asks ``dst`` for the path: every forwarding node appends its ``TraceRecord``."""
+
+    PROTO: ClassVar[int] = Proto.TRACE_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class TraceReply(_Trace):
+    """The destination's answer: the request's records, unchanged, sent back."""
+
+    PROTO: ClassVar[int] = Proto.TRACE_REPLY
+
+
 PAYLOADS: dict[int, type[Payload]] = {
-    c.PROTO: c for c in (MessageChunk, MessageAck, Ping, Pong, Unreachable)
+    c.PROTO: c for c in (MessageChunk, MessageAck, Ping, Pong, Unreachable, TraceRequest,
+                         TraceReply)
 }
 
 

@@ -10,8 +10,9 @@ from sporenet.protocols.forwarding import (DeliverLocal, Forwarder, RoutedReceiv
                                            SendToNeighbour, prefix_fib, prefix_of,
                                            prefix_of_node)
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.overlay_messages import (Proto, Routed, Unreachable,
-                                                 UnreachableReason)
+from sporenet.protocols.overlay_messages import (MAX_ROUTED_PAYLOAD, TRACE_TRUNCATED, Proto,
+                                                 Routed, TraceRecord, TraceRequest,
+                                                 Unreachable, UnreachableReason)
 
 
 def make_nodes(n):
@@ -183,3 +184,79 @@ def test_router_snapshot_keyed_by_node_id_converts_to_prefixes():
     fwd[0].set_fib(prefix_fib({ids[2].node_id: ids[1].node_id}))
     [a] = fwd[0].originate(ids[2].address, Proto.PING, b"")
     assert a.node_id == ids[1].node_id
+
+
+def traced_line(n, **kw):
+    """``line(n)`` whose forwarders know per-link figures and route metrics: the link
+    from node i to node j measures rtt 10*i + j ms, loss j/100, cost 100*i + j; node
+    i's metric to anything is 1000 + i."""
+    ids, fwd = line(n)
+    index = {x.node_id: k for k, x in enumerate(ids)}
+    for i, f in enumerate(fwd):
+        f.link_stats = (lambda i: lambda nid: (10.0 * i + index[nid], index[nid] / 100,
+                                               100.0 * i + index[nid]))(i)
+        f.route_metric = (lambda i: lambda dst: 1000 + i)(i)
+        f.max_trace_records = kw.get("max_records", f.max_trace_records)
+    return ids, fwd
+
+
+def test_trace_request_gets_a_record_at_every_forwarding_node():
+    ids, fwd = traced_line(5)
+    pump = Pump(ids, fwd)
+    pump.run(0, fwd[0].originate(ids[4].address, Proto.TRACE_REQUEST, TraceRequest(7).encode()))
+    [pkt] = pump.delivered[4]
+    req = TraceRequest.decode(pkt.payload)
+    assert req.trace_id == 7 and not req.truncated and pkt.hops_taken == 4
+    assert [r.address for r in req.records] == [i.address.packed for i in ids[:4]]
+    assert [r.next_hop for r in req.records] == [i.node_id for i in ids[1:]]
+    assert [(r.rtt_ms, r.loss, r.cost, r.route_metric) for r in req.records] == [
+        (10.0 * i + i + 1, (i + 1) / 100, 100.0 * i + i + 1, 1000 + i) for i in range(4)]
+    assert [f.counters["trace_recorded"] for f in fwd] == [1, 1, 1, 1, 0]
+    # other protos are never touched
+    pump.run(0, fwd[0].originate(ids[4].address, Proto.PING, TraceRequest(7).encode()))
+    assert pump.delivered[4][-1].payload == TraceRequest(7).encode()
+
+
+def test_trace_without_lookups_records_unknowns():
+    ids, fwd = line(3)
+    pump = Pump(ids, fwd)
+    pump.run(0, fwd[0].originate(ids[2].address, Proto.TRACE_REQUEST, TraceRequest(1).encode()))
+    recs = TraceRequest.decode(pump.delivered[2][0].payload).records
+    assert [r.next_hop for r in recs] == [ids[1].node_id, ids[2].node_id]
+    assert all(r.rtt_ms is None and r.cost is None and r.route_metric is None for r in recs)
+
+
+def test_full_trace_is_truncated_with_a_flag_and_counted():
+    ids, fwd = traced_line(5, max_records=2)
+    pump = Pump(ids, fwd)
+    pump.run(0, fwd[0].originate(ids[4].address, Proto.TRACE_REQUEST, TraceRequest(3).encode()))
+    req = TraceRequest.decode(pump.delivered[4][0].payload)
+    assert len(req.records) == 2 and req.flags == TRACE_TRUNCATED and req.truncated
+    assert [f.counters["trace_truncated"] for f in fwd] == [0, 0, 1, 1, 0]
+    assert len(TraceRequest(1, (TraceRecord(ids[0].address.packed, bytes(32)),) * 64)
+               .encode()) < MAX_ROUTED_PAYLOAD
+
+
+def test_malformed_trace_request_is_forwarded_unchanged_and_counted():
+    ids, fwd = traced_line(3)
+    pump = Pump(ids, fwd)
+    pump.run(0, fwd[0].originate(ids[2].address, Proto.TRACE_REQUEST, b"\x01"))
+    assert pump.delivered[2][0].payload == b"\x01"
+    assert fwd[0].counters["trace_malformed"] == 1 and fwd[1].counters["trace_malformed"] == 1
+
+
+def test_trace_loop_is_stopped_by_hop_limit():
+    ids, fwd = make_nodes(2)
+    target = Identity(b"\x77" * 32)
+    p = prefix_of(target.address)
+    fwd[0].set_fib({p: ids[1].node_id})
+    fwd[1].set_fib({p: ids[0].node_id, prefix_of(ids[0].address): ids[0].node_id})
+    for k in range(2):
+        fwd[k].set_neighbours({ids[1 - k].node_id: prefix_of(ids[1 - k].address)})
+    pump = Pump(ids, fwd)
+    pump.run(0, fwd[0].originate(target.address, Proto.TRACE_REQUEST, TraceRequest(5).encode()))
+    assert sum(f.counters["hop_limit_exceeded"] for f in fwd) == 1
+    assert sum(f.counters["trace_truncated"] for f in fwd) == 0
+    assert sum(f.counters["trace_recorded"] for f in fwd) == 64  # one per hop, within the cap
+    [notice] = pump.delivered[0]
+    assert Unreachable.decode(notice.payload).reason == UnreachableReason.HOP_LIMIT_EXCEEDED

@@ -9,12 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sporenet.protocols.errors import LocalProtocolError
-from sporenet.protocols.forwarding import DeliverLocal, Forwarder, SendToNeighbour, prefix_of
+from sporenet.protocols.forwarding import (DeliverLocal, Forwarder, RoutedReceived,
+                                           SendToNeighbour, prefix_of)
 from sporenet.protocols.identity import Identity
 from sporenet.protocols.messaging import (MIB, DestinationUnreachable, MessageDelivered,
                                           MessageEndpoint, MessageFailed, MessageReceived,
                                           PacketReceived, PingFailed, PingResult, SendPacket)
-from sporenet.protocols.overlay_messages import MessageChunk, Proto
+from sporenet.protocols.overlay import Overlay
+from sporenet.protocols.overlay_messages import MessageChunk, Proto, TraceReply, TraceRequest
+from sporenet.protocols.trace import TraceFailed, TraceResult, Tracer
 
 IDS = [Identity(bytes([0x40 + i]) * 32) for i in range(5)]
 A, B, C = (i.address for i in IDS[:3])
@@ -292,3 +295,81 @@ def test_over_forwarders_five_node_line():
     run(0, actions, 1.0)
     assert DestinationUnreachable(IDS[4].address, 1, IDS[2].address) in results[0]
     assert PingFailed(ping_id, IDS[4].address, "unreachable") in results[0]
+
+
+def overlay_line(n=5, **fwd_kw):
+    """Overlay composites (forwarder + endpoint + tracer) on a line, with a runner."""
+    ovs = [Overlay(Forwarder(i, **fwd_kw), MessageEndpoint(i, rng=random.Random(k)),
+                   Tracer(rng=random.Random(100 + k))) for k, i in enumerate(IDS[:n])]
+    for k, ov in enumerate(ovs):
+        ov.forwarder.set_neighbours({IDS[j].node_id: prefix_of(IDS[j].address)
+                                     for j in range(n) if abs(j - k) == 1})
+        ov.set_fib({IDS[j].node_id: IDS[k + 1 if j > k else k - 1].node_id
+                    for j in range(n) if abs(j - k) > 1})
+    by_id = {i.node_id: k for k, i in enumerate(IDS)}
+    results = {k: [] for k in range(n)}
+
+    def run(k, actions, now):
+        todo = [(k, a) for a in actions]
+        while todo:
+            at, a = todo.pop(0)
+            if isinstance(a, SendToNeighbour):
+                nxt = by_id[a.node_id]
+                todo += [(nxt, x) for x in ovs[nxt].handle(
+                    RoutedReceived(IDS[at].node_id, a.packet), now + 0.001)]
+            else:
+                results[at].append(a)
+    return ovs, run, results
+
+
+def test_trace_over_overlay_line_reports_every_hop():
+    ovs, run, results = overlay_line(5, link_stats=lambda nid: (1.0, 0.0, 2.0),
+                                     route_metric=lambda dst: 10)
+    trace_id, actions = ovs[0].trace(IDS[4].address, 0.0)
+    run(0, actions, 0.0)
+    [r] = results[0]
+    assert isinstance(r, TraceResult) and r.trace_id == trace_id and not r.truncated
+    assert r.dst_address == IDS[4].address and r.rtt == pytest.approx(0.001)
+    assert [x.next_hop for x in r.records] == [i.node_id for i in IDS[1:5]]
+    assert [x.address for x in r.records] == [i.address.packed for i in IDS[:4]]
+    assert all((x.rtt_ms, x.loss, x.cost, x.route_metric) == (1.0, 0.0, 2.0, 10)
+               for x in r.records)
+    assert ovs[4].tracer.counters["traces_answered"] == 1
+    assert ovs[0].next_deadline() is None
+    # the request and reply never reach the message endpoints
+    assert all(ov.endpoint.counters["not_for_messages"] == 0 for ov in ovs)
+
+
+def test_trace_fails_on_unreachable_and_on_timeout():
+    ovs, run, results = overlay_line(5)
+    ovs[2].set_fib({IDS[0].node_id: IDS[1].node_id}, version=99)  # node 2 loses node 4
+    ovs[2].forwarder.set_neighbours({IDS[1].node_id: prefix_of(IDS[1].address)})
+    trace_id, actions = ovs[0].trace(IDS[4].address, 0.0)
+    run(0, actions, 0.0)
+    assert TraceFailed(trace_id, IDS[4].address, "unreachable") in results[0]
+    assert DestinationUnreachable(IDS[4].address, 1, IDS[2].address) in results[0]
+    results[0].clear()
+    ovs2, run2, results2 = overlay_line(2)
+    trace_id, actions = ovs2[0].trace(IDS[1].address, 0.0, timeout=2.0)
+    assert len(actions) == 1  # sent, and lost: nobody runs it
+    assert ovs2[0].next_deadline() == 2.0
+    assert ovs2[0].on_timer(1.9) == []
+    assert ovs2[0].on_timer(2.0) == [TraceFailed(trace_id, IDS[1].address, "timeout")]
+    with pytest.raises(LocalProtocolError):
+        ovs2[0].trace(IDS[1].address, 0.0, timeout=0)
+
+
+def test_tracer_ignores_strays_and_junk():
+    t = Tracer(rng=random.Random(1))
+    assert t.handle(PacketReceived(B, Proto.TRACE_REPLY, TraceReply(5).encode()), 0.0) == []
+    assert t.handle(PacketReceived(B, Proto.TRACE_REQUEST, b"\x00"), 0.0) == []
+    trace_id, _ = t.trace(B, 0.0)
+    assert t.handle(PacketReceived(C, Proto.TRACE_REPLY, TraceReply(trace_id).encode()), 0.1) == []
+    assert t.counters["stray_replies"] == 2 and t.counters["malformed"] == 1
+    [res] = t.handle(PacketReceived(B, Proto.TRACE_REPLY, TraceReply(trace_id, (), 1).encode()),
+                     0.25)
+    assert res == TraceResult(trace_id, B, (), 0.25, True)
+    # the message endpoint counts trace payloads it is handed and goes on
+    ep = MessageEndpoint(A, rng=random.Random(1))
+    assert ep.handle(PacketReceived(B, Proto.TRACE_REQUEST, TraceRequest(1).encode()), 0.0) == []
+    assert ep.counters["not_for_messages"] == 1

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.overlay_messages import (MAX_ROUTED_PAYLOAD, PAYLOADS, MessageAck,
-                                                 MessageChunk, Ping, Pong, Proto, Routed,
-                                                 Unreachable, UnreachableReason,
+                                                 MAX_TRACE_RECORDS, MessageChunk, Ping, Pong,
+                                                 Proto, Routed, TraceRecord, TraceReply,
+                                                 TraceRequest, Unreachable, UnreachableReason,
                                                  decode_payload, pack_address)
 
 SRC = bytes.fromhex("06" + "11" * 15)
@@ -33,6 +34,12 @@ GOLDEN_PAYLOADS = [
     (Ping(0xDEADBEEF, 0x1122334455667788), "deadbeef" + "1122334455667788"),
     (Pong(1, 2), "00000001" + "0000000000000002"),
     (Unreachable(DST, UnreachableReason.NO_ROUTE), DST.hex() + "01"),
+    (TraceRequest(0x01020304), "01020304" + "00" + "00"),
+    (TraceRequest(9, (TraceRecord.of(SRC, b"\x33" * 32, 1.5, 0.02, 3.25, 7),), 1),
+     "00000009" + "01" + "01" + SRC.hex() + "33" * 32
+     + "000005dc" + "00004e20" + "00000cb2" + "00000007"),
+    (TraceReply(9, (TraceRecord(DST, b"\x44" * 32),)),
+     "00000009" + "00" + "01" + DST.hex() + "44" * 32 + "ffffffff" * 4),
 ]
 
 
@@ -98,6 +105,11 @@ def test_malformed_routed(bad):
     (Ping, "00" * 11),
     (Pong, "00" * 13),
     (Unreachable, DST.hex()),
+    (TraceRequest, "00000001" + "00"),                                         # no count
+    (TraceRequest, "00000001" + "00" + "01" + "00" * 63),                      # record cut
+    (TraceReply, "00000001" + "00" + "00" + "00"),                             # trailing
+    (TraceReply, "00000001" + "00" + "41" + "00" * 64 * 65),                   # 65 records
+    (TraceRequest, "00000001" + "00" + "01" + "00" * 52 + "000f4241" + "00" * 8),  # loss > 1
 ])
 def test_malformed_payloads(cls, bad):
     with pytest.raises(DecodeError):
@@ -120,6 +132,12 @@ def test_unknown_proto_has_no_codec():
     lambda: MessageAck(1, 9, b"\0"),
     lambda: Ping(2**32, 0),
     lambda: Unreachable(b"x", 1),
+    lambda: TraceRecord(SRC, b"x" * 31),
+    lambda: TraceRecord(SRC[:15], b"x" * 32),
+    lambda: TraceRecord(SRC, b"x" * 32, rtt_us=2**32),
+    lambda: TraceRequest(2**32),
+    lambda: TraceRequest(1, (TraceRecord(SRC, b"x" * 32),) * (MAX_TRACE_RECORDS + 1)),
+    lambda: TraceReply(1, ("not a record",)),
 ])
 def test_constructors_refuse_bad_fields(make):
     with pytest.raises(LocalProtocolError):
@@ -147,8 +165,14 @@ def acks(draw):
     return MessageAck.of(draw(st.integers(0, 2**64 - 1)), count, got, draw(u8))
 
 
+u32 = st.integers(0, 2**32 - 1)
+records = st.builds(TraceRecord, addrs, st.binary(min_size=32, max_size=32), u32,
+                    st.one_of(st.integers(0, 1_000_000), st.just(2**32 - 1)), u32, u32)
+traces = st.builds(TraceRequest, u32, st.lists(records, max_size=5).map(tuple), u8)
+
 payloads = st.one_of(
-    chunks(), acks(),
+    chunks(), acks(), traces,
+    st.builds(TraceReply, u32, st.lists(records, max_size=3).map(tuple), u8),
     st.builds(Ping, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
     st.builds(Pong, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
     st.builds(Unreachable, addrs, u8),
@@ -182,3 +206,15 @@ def test_fuzz_payloads_raise_only_decode_error(data):
         except DecodeError:
             continue
         assert cls.decode(msg.encode()) == msg
+
+
+def test_trace_record_figures_roundtrip_in_fixed_point():
+    r = TraceRecord.of(SRC, b"\x01" * 32, rtt_ms=0.7234, loss=0.0125, cost=1.72, metric=12)
+    assert (r.rtt_ms, r.loss, r.cost, r.route_metric) == (0.723, 0.0125, 1.72, 12)
+    unknown = TraceRecord.of(SRC, b"\x01" * 32)
+    assert (unknown.rtt_ms, unknown.loss, unknown.cost, unknown.route_metric) == (None,) * 4
+    big = TraceRecord.of(SRC, b"\x01" * 32, rtt_ms=1e12, loss=2.0, cost=float("nan"))
+    assert big.rtt_us == 2**32 - 2 and big.loss == 1.0 and big.cost is None
+    full = TraceRequest(1, (r,) * MAX_TRACE_RECORDS, 1)
+    assert len(full.encode()) == 6 + 64 * MAX_TRACE_RECORDS <= MAX_ROUTED_PAYLOAD
+    assert TraceRequest.decode(full.encode()).truncated
