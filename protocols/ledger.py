@@ -1,0 +1,96 @@
+"""Where contract versions are kept: the ``Ledger`` interface (docs/contracts.md).
+
+A ledger supplies availability and order, never authority: every backend re-verifies
+owner signatures and the hash chain itself (``check_append``), so a compromised
+backend can withhold or delay versions but cannot add a member.
+
+Guarantees every backend gives, per network id:
+- append-only: a version, once appended, is never changed or removed;
+- total order: versions are 1, 2, 3, ... with no gaps, each naming the hash of the
+  one before (``Contract.previous``); two different bodies for one version are a fork
+  and the second is refused;
+- verified: ``append`` refuses what ``contract.verify_signed`` refuses against the
+  latest version, and a backend re-verifies whatever it loads from storage;
+- idempotent: appending a version already held (same body, any signatures) is a no-op.
+
+``MemoryLedger`` (pure, for tests and the simulator) is the reference implementation;
+``sporenet.ledger_file.FileLedger`` is the default on disk.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from .contract import Contract, VersionNotNext, body_hash, verify_signed
+
+
+class Ledger(abc.ABC):
+    """Append-only, totally ordered, verified store of contract versions per network."""
+
+    @abc.abstractmethod
+    def append(self, contract: Contract) -> bool:
+        """Verify and store the next version; True if stored, False if already held.
+
+        Raises ``ContractError`` (not the next version, bad chain, signatures)."""
+
+    @abc.abstractmethod
+    def latest(self, network: str) -> Contract | None:
+        """The highest version held, or None for an unknown network."""
+
+    @abc.abstractmethod
+    def versions(self, network: str) -> list[int]:
+        """The versions held, ascending (``[1, 2, ..., n]``, or a suffix after compaction)."""
+
+    @abc.abstractmethod
+    def get(self, network: str, version: int) -> Contract | None:
+        """One version, or None if not held."""
+
+
+def check_append(latest: Contract | None, contract: Contract,
+                 held: Contract | None = None) -> bool:
+    """The acceptance every backend applies before it stores ``contract``.
+
+    ``latest`` is the network's highest version held (None: empty); ``held`` is the
+    version already stored under ``contract.version``, if any. Returns False when the
+    contract is already held (no-op), True when it must be stored; raises
+    ``ContractError`` otherwise."""
+    if held is not None:
+        if body_hash(held) == body_hash(contract):
+            return False
+        raise VersionNotNext(f"version {contract.version} of network {contract.network} is "
+                             "already in the ledger with different content (a fork); edit the "
+                             f"latest version ({latest.version if latest else '?'}) instead")
+    if latest is None:
+        if contract.version != 1:
+            raise VersionNotNext(f"the ledger holds nothing for network {contract.network}: "
+                                 f"append version 1 (genesis) before version {contract.version}")
+        verify_signed(contract)
+    else:
+        verify_signed(contract, previous=latest)
+    return True
+
+
+class MemoryLedger(Ledger):
+    """In-memory ledger. Driven by its four methods; holds no I/O."""
+
+    def __init__(self) -> None:
+        self._chains: dict[str, list[Contract]] = {}
+
+    def append(self, contract: Contract) -> bool:
+        chain = self._chains.get(contract.network, [])
+        held = chain[contract.version - 1] if contract.version <= len(chain) else None
+        if not check_append(chain[-1] if chain else None, contract, held):
+            return False
+        self._chains.setdefault(contract.network, []).append(contract)
+        return True
+
+    def latest(self, network: str) -> Contract | None:
+        chain = self._chains.get(network)
+        return chain[-1] if chain else None
+
+    def versions(self, network: str) -> list[int]:
+        return [c.version for c in self._chains.get(network, [])]
+
+    def get(self, network: str, version: int) -> Contract | None:
+        chain = self._chains.get(network, [])
+        return chain[version - 1] if 0 < version <= len(chain) else None
