@@ -10,6 +10,16 @@ senders are canonical strings from ``sporenet.config.parse_senders``) and
 applied with ``MessageEndpoint.allow`` whenever the protocol is made. ``SetTopic``
 changes a rule at runtime (until the agent restarts: then the config's rules hold
 again); ``GetTopics`` reports the rules and what they refused.
+
+Path traces (``StartTrace``, ``protocols/trace.py``): the forwarder appends, to every
+trace request it sends on, the link figures of the last ``LinkMeasured`` for the next
+hop and this node's route metric to the destination. Metrics are not in the FIB
+snapshot, so the agent keeps its own copy: option ``request_routes`` (a callable
+returning a pykka future of the router's ``GetRoutes`` answer, asked without
+blocking) is called on ``RoutesChanged`` / ``LinkMeasured`` at most every
+``METRICS_REFRESH`` seconds and the answer is picked up when it is ready; a transit
+record's metric is therefore up to a few seconds old (None until the first answer,
+or without the option).
 """
 
 from __future__ import annotations
@@ -17,9 +27,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import pykka
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, ProtocolError
@@ -28,9 +41,12 @@ from sporenet.protocols.forwarding import Forwarder
 from sporenet.protocols.messaging import (Address, DestinationUnreachable, MessageDelivered,
                                           MessageEndpoint, MessageFailed, MessageReceived,
                                           PingFailed, PingResult)
-from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, PeerDown, PeerUp
+from sporenet.protocols.identity import address_of_node_id
+from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, LinkMeasured, PeerDown, PeerUp
 from sporenet.protocols.overlay import Overlay
+from sporenet.protocols.overlay_messages import PREFIX_SIZE, TraceRecord
 from sporenet.protocols.route_table import RoutesChanged
+from sporenet.protocols.trace import TraceFailed, TraceResult
 
 from .base import ProtocolAgent
 
@@ -38,6 +54,7 @@ _OVERLAY_TYPES = range(0x30, 0x40)
 INBOX_SIZE = 1000
 RESULTS_KEPT = 10_000      # states of sent messages and pings kept for GetResult (oldest go)
 MAX_REFUSED_TOPICS = 256   # per-topic refusal counters kept (others count in the total only)
+METRICS_REFRESH = 2.0      # s between asks for the router's metrics (for trace records)
 
 
 @dataclass(frozen=True)
@@ -56,10 +73,21 @@ class StartPing:
 
 
 @dataclass(frozen=True)
-class GetResult:
-    """The state of a message or ping this node started: pending, delivered, ok, failed."""
+class StartTrace:
+    """Trace the path to ``to``; ``done`` (if given) is set once the result is known."""
 
-    kind: str  # "message" or "ping"
+    to: str
+    timeout: float = 2.0
+    done: threading.Event | None = None
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """The state of a message, ping or trace this node started: pending, delivered, ok,
+    failed. A finished trace: ``{"state": "ok", "rtt_ms", "truncated", "hops": [...]}``,
+    hops as ``trace_hops`` renders them."""
+
+    kind: str  # "message", "ping" or "trace"
     ident: int
 
 
@@ -111,10 +139,16 @@ class _TopicEndpoint(MessageEndpoint):
 
 
 class OverlayAgent(ProtocolAgent):
-    TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkFrameIn.TOPIC, RoutesChanged.TOPIC)
+    TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkFrameIn.TOPIC, RoutesChanged.TOPIC,
+              LinkMeasured.TOPIC)
 
     def make_protocol(self) -> Overlay:
         self._neighbours: dict[bytes, bytes] = {}
+        self._links: dict[bytes, tuple[float, float, float]] = {}  # node id -> rtt, loss, cost
+        self._metrics: dict[bytes, int] = {}  # destination /64 -> our selected metric
+        self._metrics_future: Any = None
+        self._metrics_asked = float("-inf")
+        self._waiters: dict[int, threading.Event] = {}
         self._inbox: deque[dict] = deque(maxlen=INBOX_SIZE)
         self._results: OrderedDict[tuple[str, int], dict] = OrderedDict()
         identity = self.options["identity"]
@@ -124,7 +158,9 @@ class OverlayAgent(ProtocolAgent):
         self._rules: dict[str, tuple[str, ...] | None] = {}
         for topic, senders in dict(self.options.get("topics") or {}).items():
             self._allow(endpoint, topic, None if senders is None else tuple(senders))
-        return Overlay(Forwarder(identity), endpoint)
+        forwarder = Forwarder(identity, link_stats=self._links.get,
+                              route_metric=lambda dst: self._metrics.get(dst[:PREFIX_SIZE]))
+        return Overlay(forwarder, endpoint)
 
     def _allow(self, endpoint: MessageEndpoint, topic: str,
                senders: tuple[str, ...] | None) -> None:
@@ -135,6 +171,7 @@ class OverlayAgent(ProtocolAgent):
         return {**super().dispatch_table(), SendToNeighbour: self._send,
                 MessageReceived: self._received, MessageDelivered: self._delivered,
                 MessageFailed: self._failed, PingResult: self._pong, PingFailed: self._ping_failed,
+                TraceResult: self._traced, TraceFailed: self._trace_failed,
                 DestinationUnreachable: lambda a: None}
 
     def on_bus(self, notice: Any) -> None:
@@ -145,9 +182,14 @@ class OverlayAgent(ProtocolAgent):
                 ov.forwarder.set_neighbours(dict(self._neighbours))
             case PeerDown(node_id=nid):
                 self._neighbours.pop(nid, None)
+                self._links.pop(nid, None)
                 ov.forwarder.set_neighbours(dict(self._neighbours))
             case RoutesChanged():
                 self._refresh_fib()
+                self._refresh_metrics()
+            case LinkMeasured(node_id=nid, rtt_ms=rtt, loss=loss, cost=cost):
+                self._links[nid] = (rtt, loss, cost)
+                self._refresh_metrics()
             case LinkFrameIn(node_id=nid, frame=frame) if len(frame) > 1 and frame[1] in _OVERLAY_TYPES:
                 try:
                     packet = wire.decode_frame(frame)
@@ -162,9 +204,34 @@ class OverlayAgent(ProtocolAgent):
         if fib is not None:
             self.protocol.set_fib(fib, getattr(fib, "version", None))
 
+    def _refresh_metrics(self) -> None:
+        """Take the router's answer if it came; ask again when due (never blocks)."""
+        fut = self._metrics_future
+        if fut is not None:
+            try:
+                rows = fut.get(timeout=0)["routes"]
+            except pykka.Timeout:
+                return
+            except Exception as e:  # the router restarted or failed: ask again later
+                self.log.debug("route_metrics_unavailable", error=repr(e))
+                rows = None
+            self._metrics_future = None
+            if rows is not None:
+                self._metrics = {ipaddress.IPv6Address(r["address"]).packed[:PREFIX_SIZE]:
+                                 r["metric"] for r in rows if r.get("selected")}
+        ask = self.options.get("request_routes")
+        now = self.clock.now()
+        if ask is None or now - self._metrics_asked < METRICS_REFRESH:
+            return
+        self._metrics_asked = now
+        try:
+            self._metrics_future = ask()
+        except Exception as e:
+            self.log.debug("route_metrics_unavailable", error=repr(e))
+
     def on_receive(self, message: Any) -> Any:
         match message:
-            case SendMessage() | StartPing():
+            case SendMessage() | StartPing() | StartTrace():
                 return self._start(message)
             case GetResult(kind=kind, ident=ident):
                 return self._results.get((kind, ident), {"state": "unknown"})
@@ -179,7 +246,7 @@ class OverlayAgent(ProtocolAgent):
                 return taken
         return super().on_receive(message)
 
-    def _start(self, cmd: SendMessage | StartPing) -> dict:
+    def _start(self, cmd: SendMessage | StartPing | StartTrace) -> dict:
         """Runs in the actor; protocol refusals become an error for the API caller."""
         self._refresh_fib()
         now = self.clock.now()
@@ -188,6 +255,12 @@ class OverlayAgent(ProtocolAgent):
                 ident, actions = self.protocol.send(cmd.to, cmd.topic, cmd.data, now,
                                                     deadline=cmd.deadline, reply_to=cmd.reply_to)
                 key = ("message", ident)
+            elif isinstance(cmd, StartTrace):
+                self._refresh_metrics()
+                ident, actions = self.protocol.trace(cmd.to, now, cmd.timeout)
+                key = ("trace", ident)
+                if cmd.done is not None:
+                    self._waiters[ident] = cmd.done
             else:
                 ident, actions = self.protocol.ping(cmd.to, now, cmd.timeout)
                 key = ("ping", ident)
@@ -250,6 +323,38 @@ class OverlayAgent(ProtocolAgent):
 
     def _ping_failed(self, a: PingFailed) -> None:
         self._result(("ping", a.ping_id), {"state": "failed", "reason": a.reason})
+
+
+    def _traced(self, a: TraceResult) -> None:
+        self._result(("trace", a.trace_id), {
+            "state": "ok", "rtt_ms": round(a.rtt * 1000, 3), "truncated": a.truncated,
+            "hops": trace_hops(a.records, self.options["identity"].node_id)})
+        self._wake(a.trace_id)
+
+    def _trace_failed(self, a: TraceFailed) -> None:
+        self._result(("trace", a.trace_id), {"state": "failed", "reason": a.reason})
+        self._wake(a.trace_id)
+
+    def _wake(self, trace_id: int) -> None:
+        done = self._waiters.pop(trace_id, None)
+        if done is not None:
+            done.set()
+
+
+def trace_hops(records: tuple[TraceRecord, ...], origin: bytes) -> list[dict]:
+    """Trace records as JSON rows: hop number, the forwarding node (its id when the
+    previous record's next hop, or the origin, owns the recorded address), the next
+    hop, the link's rtt (ms), loss (fraction), cost and the node's route metric."""
+    rows, prev = [], origin
+    for k, r in enumerate(records):
+        node = prev if prev is not None and address_of_node_id(prev).packed == r.address else None
+        rows.append({"hop": k + 1, "node": None if node is None else node.hex(),
+                     "address": str(ipaddress.IPv6Address(r.address)),
+                     "next_hop": r.next_hop.hex(),
+                     "rtt_ms": r.rtt_ms, "loss": r.loss, "cost": r.cost,
+                     "metric": r.route_metric})
+        prev = r.next_hop
+    return rows
 
 
 def _sender(text: str) -> ipaddress.IPv6Address | ipaddress.IPv6Network:

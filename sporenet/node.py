@@ -14,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from sporenet.agents.api import ApiAgent, GetApiAddress
 from sporenet.agents.bundle import AgentSpec, Bundle
 from sporenet.agents.link import GetLinkInfo, LinkAgent
 from sporenet.agents.prober import ProberAgent
-from sporenet.agents.overlay import OverlayAgent
+from sporenet.agents.overlay import GetResult, OverlayAgent, StartTrace
 from sporenet.agents.router import ExplainRoute, FibHolder, GetRoutes, RouterAgent
 from .user_api import UserApi
 from sporenet.transports.http_api import ApiError
@@ -33,6 +35,7 @@ from .config import NodeConfig
 
 log = structlog.get_logger("sporenet.node")
 BUILTIN_AGENTS = ("link", "prober", "router", "overlay", "api")
+EXPLAIN_TRACE_TIMEOUT = 2.0  # s: explain's path trace gives up after this
 
 
 class Node:
@@ -57,7 +60,9 @@ class Node:
                                                       "region": c.region}),
             AgentSpec("overlay", OverlayAgent, requires=("router",),
                       options={"identity": ident, "fib_holder": fib, "topics": dict(c.topics),
-                               "accept_unknown_topics": c.accept_unknown_topics}),
+                               "accept_unknown_topics": c.accept_unknown_topics,
+                               "request_routes": lambda: self.bundle.agent("router").ask(
+                                   GetRoutes(), block=False)}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
@@ -85,7 +90,27 @@ class Node:
             raise ApiError(404 if not matches else 400,
                            f"{destination!r} matches {len(matches)} known destinations; "
                            "give a node id (or a longer prefix of one) or an overlay address")
-        return self.bundle.agent("router").ask(ExplainRoute(bytes.fromhex(matches[0])), timeout=5)
+        out = self.bundle.agent("router").ask(ExplainRoute(bytes.fromhex(matches[0])), timeout=5)
+        out["address"] = known[matches[0]]
+        if out.get("last_change") is not None:  # the router's clock is time.monotonic
+            out["last_change_age_s"] = round(time.monotonic() - out["last_change"], 3)
+        out.update(self._trace(known[matches[0]]))
+        return out
+
+    def _trace(self, address: str) -> dict[str, Any]:
+        """Trace the path to ``address`` (``EXPLAIN_TRACE_TIMEOUT``): ``path`` is the list
+        of hops, or None with ``path_error`` saying why."""
+        done = threading.Event()
+        overlay = self.bundle.agent("overlay")
+        started = overlay.ask(StartTrace(address, EXPLAIN_TRACE_TIMEOUT, done), timeout=5)
+        if "error" in started:
+            return {"path": None, "path_error": started["error"]}
+        done.wait(EXPLAIN_TRACE_TIMEOUT + 1.0)
+        res = overlay.ask(GetResult("trace", started["id"]), timeout=5)
+        if res.get("state") != "ok":
+            return {"path": None, "path_error": res.get("reason", res.get("state"))}
+        return {"path": res["hops"], "path_error": None, "path_rtt_ms": res["rtt_ms"],
+                "path_truncated": res["truncated"]}
 
     def write_info(self) -> dict[str, Any]:
         link = self.bundle.agent("link").ask(GetLinkInfo(), timeout=10)
