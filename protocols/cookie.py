@@ -1,0 +1,162 @@
+"""mac1, mac2 and cookie replies: WireGuard's handshake DoS defence (whitepaper §5.3, §5.4.4, §5.4.7).
+
+- mac1 = MAC(HASH("mac1----" ‖ S_pub_r), frame[:mac1]) where S_pub_r is the
+  receiver's Noise static (X25519) key. It proves the sender knows that key, costs
+  one keyed BLAKE2s, and is **always** checked before any Diffie-Hellman.
+- Under load (the caller says so: queue depth, CPU) the responder also wants
+  mac2 = MAC(cookie, frame[:mac2]), where cookie = MAC(R_m, source tag) and R_m is
+  a 32-byte secret that rotates every ``COOKIE_SECRET_LIFETIME`` seconds. A message
+  without a valid mac2 gets a ``CookieReply`` instead of a response: the cookie
+  sealed with XChaCha20-Poly1305 under HASH("cookie--" ‖ S_pub_r), with the mac1
+  of the message it answers as associated data (so only the real sender, who knows
+  that mac1, can use it, and a reply cannot be replayed onto another message).
+- The source tag is whatever the caller binds the cookie to: WireGuard uses the UDP
+  source ip:port; for overlay E2E handshakes use ``ingress link node id ‖ claimed
+  source address`` (security.md §1 "Overlay adaptation").
+
+Driven by: ``CookieChecker`` (responder, one per node) ``check_mac1``,
+``check_mac2``, ``create_reply``; ``CookieJar`` (initiator, one per peer, shared by
+successive attempts) ``stamp`` and ``consume_reply``. Time is the caller's ``now``;
+secrets and nonces come from the caller's ``rng(n) -> bytes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from typing import Callable, TypeVar
+
+import nacl.bindings
+import nacl.exceptions
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .session_messages import (COOKIE_NONCE_SIZE, MAC_SIZE, ZERO_MAC, CookieReply,
+                               HandshakeInit, HandshakeResp)
+
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+COOKIE_SECRET_LIFETIME = 120.0  # WG Cookie-Refresh-Time: R_m changes every 2 min
+Rng = Callable[[int], bytes]
+Macced = TypeVar("Macced", HandshakeInit, HandshakeResp)
+
+
+class HandshakeRejected(RemoteProtocolError):
+    """Base of every handshake message a peer sent that we refuse."""
+
+
+class BadMac1(HandshakeRejected):
+    """mac1 does not match: the sender does not know our static key (or bytes changed)."""
+
+
+class BadCookieReply(HandshakeRejected):
+    """A cookie reply that does not decrypt or answers nothing we sent."""
+
+
+def blake2s(data: bytes) -> bytes:
+    """HASH of the whitepaper: BLAKE2s-256."""
+    return hashlib.blake2s(data).digest()
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """MAC of the whitepaper: keyed BLAKE2s with a 16-byte output."""
+    return hashlib.blake2s(data, key=key, digest_size=MAC_SIZE).digest()
+
+
+def mac1_key(static_public: bytes) -> bytes:
+    return blake2s(LABEL_MAC1 + static_public)
+
+
+def cookie_key(static_public: bytes) -> bytes:
+    return blake2s(LABEL_COOKIE + static_public)
+
+
+def verify_mac1(key: bytes, msg: HandshakeInit | HandshakeResp) -> None:
+    """Raise ``BadMac1`` unless ``msg.mac1`` is right under ``mac1_key(...)``."""
+    if not hmac.compare_digest(mac(key, msg.mac1_span()), msg.mac1):
+        raise BadMac1("bad mac1")
+
+
+class CookieChecker:
+    """Responder side: checks mac1/mac2 and mints cookie replies for our static key."""
+
+    __slots__ = ("_mac1_key", "_cookie_key", "_rng", "_secret", "_secret_born")
+
+    def __init__(self, static_public: bytes, rng: Rng) -> None:
+        self._mac1_key = mac1_key(static_public)
+        self._cookie_key = cookie_key(static_public)
+        self._rng = rng
+        self._secret: bytes | None = None
+        self._secret_born = 0.0
+
+    def check_mac1(self, msg: HandshakeInit | HandshakeResp) -> None:
+        """Raise ``BadMac1`` unless mac1 is right. Costs one BLAKE2s, no DH."""
+        verify_mac1(self._mac1_key, msg)
+
+    def check_mac2(self, msg: HandshakeInit | HandshakeResp, source_tag: bytes, now: float) -> bool:
+        """True if mac2 is made with the cookie we would give ``source_tag`` now."""
+        if self._secret is None or now - self._secret_born > COOKIE_SECRET_LIFETIME:
+            return False  # as wireguard-go: an expired secret validates nothing
+        cookie = mac(self._secret, source_tag)
+        return hmac.compare_digest(mac(cookie, msg.mac2_span()), msg.mac2)
+
+    def create_reply(self, msg: HandshakeInit | HandshakeResp, source_tag: bytes,
+                     now: float) -> CookieReply:
+        """The cookie reply that tells the sender of ``msg`` which mac2 we want."""
+        if self._secret is None or now - self._secret_born > COOKIE_SECRET_LIFETIME:
+            self._secret, self._secret_born = self._rng(32), now
+        cookie = mac(self._secret, source_tag)
+        nonce = self._rng(COOKIE_NONCE_SIZE)
+        sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            cookie, msg.mac1, nonce, self._cookie_key)
+        return CookieReply(msg.sender_index, nonce, sealed)
+
+    def __repr__(self) -> str:
+        return "CookieChecker(secret=<redacted>)"
+
+
+class CookieJar:
+    """Initiator side, one per peer: computes mac1/mac2 and keeps the last cookie.
+
+    Keep one jar per responder across handshake attempts: a cookie arrives in
+    answer to one attempt and is used by the next (WG retries after Rekey-Timeout).
+    """
+
+    __slots__ = ("_mac1_key", "_cookie_key", "_last_mac1", "_cookie", "_cookie_born")
+
+    def __init__(self, peer_static_public: bytes) -> None:
+        self._mac1_key = mac1_key(peer_static_public)
+        self._cookie_key = cookie_key(peer_static_public)
+        self._last_mac1: bytes | None = None
+        self._cookie: bytes | None = None
+        self._cookie_born = 0.0
+
+    def stamp(self, msg: Macced, now: float) -> Macced:
+        """``msg`` with mac1 set, and mac2 set if we hold a fresh cookie (zeros if not)."""
+        if msg.mac1 != ZERO_MAC or msg.mac2 != ZERO_MAC:
+            raise LocalProtocolError("message is already stamped")
+        msg = dataclasses.replace(msg, mac1=mac(self._mac1_key, msg.mac1_span()))
+        self._last_mac1 = msg.mac1
+        if self._cookie is not None and now - self._cookie_born <= COOKIE_SECRET_LIFETIME:
+            msg = dataclasses.replace(msg, mac2=mac(self._cookie, msg.mac2_span()))
+        return msg
+
+    def consume_reply(self, reply: CookieReply, now: float) -> None:
+        """Store the cookie of ``reply``; raise ``BadCookieReply`` if it is not ours."""
+        if self._last_mac1 is None:
+            raise BadCookieReply("cookie reply without a message awaiting one")
+        try:
+            cookie = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                reply.encrypted_cookie, self._last_mac1, reply.nonce, self._cookie_key)
+        except nacl.exceptions.CryptoError as exc:
+            raise BadCookieReply("cookie reply does not decrypt") from exc
+        # One reply per sent message: a second (replayed) reply finds nothing to answer.
+        self._last_mac1 = None
+        self._cookie, self._cookie_born = cookie, now
+
+    @property
+    def has_cookie(self) -> bool:
+        return self._cookie is not None
+
+    def __repr__(self) -> str:
+        return f"CookieJar(cookie={'<redacted>' if self._cookie else None})"
