@@ -15,7 +15,7 @@ import ipaddress
 from typing import Any, Callable
 
 from sporenet.agents.overlay import (GetResult, GetTopics, SendMessage, SetTopic, StartPing,
-                                     TakeMessages)
+                                     StartTrace, TakeMessages)
 from sporenet.config import check_topic_name, parse_senders
 from sporenet.protocols.identity import address_of_node_id
 from sporenet.transports.http_api import ApiError
@@ -44,7 +44,8 @@ class UserApi:
     def routes(self) -> dict[str, Callable[..., dict]]:
         return {"POST /v1/messages": self.post_message, "GET /v1/messages": self.get_messages,
                 "GET /v1/message": self.get_message, "POST /v1/ping": self.post_ping,
-                "GET /v1/ping": self.get_ping, "GET /v1/topics": self.get_topics,
+                "GET /v1/ping": self.get_ping, "POST /v1/trace": self.post_trace,
+                "GET /v1/trace": self.get_trace, "GET /v1/topics": self.get_topics,
                 "POST /v1/topics": self.post_topics}
 
     def _ask(self, msg: Any) -> Any:
@@ -85,6 +86,14 @@ class UserApi:
 
     def get_ping(self, id: str) -> dict:
         return self._ask(GetResult("ping", _int(id)))
+
+    def post_trace(self, to: str, timeout: float = 2.0) -> dict:
+        """Trace the path to ``to``; ``GET /v1/trace?id=`` gives ``{"state", "rtt_ms",
+        "truncated", "hops"}`` (hops as in ``/v1/explain``'s ``path``)."""
+        return self._ask(StartTrace(resolve_destination(to), _float(timeout, "timeout")))
+
+    def get_trace(self, id: str) -> dict:
+        return self._ask(GetResult("trace", _int(id)))
 
     def get_topics(self) -> dict:
         return self._ask(GetTopics())

@@ -85,6 +85,13 @@ def test_explain_shows_every_hop_of_a_five_node_line(mesh):
     assert "s ago): " in out.stdout
     assert out.stdout.index("path (4 hops") < out.stdout.index("alternatives considered")
 
+    out = cli("trace", "--api", first.info["api"], "--json", last.info["address"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    traced = json.loads(out.stdout)
+    assert traced["state"] == "ok" and [h["node"] for h in traced["hops"]] == ids[:4]
+    out = cli("trace", "--api", first.info["api"], last.node_id)
+    assert out.returncode == 0 and "path (4 hops" in out.stdout, out.stdout + out.stderr
+
 
 def test_explain_path_is_null_with_a_reason_when_the_trace_fails(mesh):
     a = mesh.start_node("a")
@@ -102,3 +109,5 @@ def test_explain_path_is_null_with_a_reason_when_the_trace_fails(mesh):
             return True  # no longer a known destination: 404
         return d["path"] is None and bool(d["path_error"])
     wait_for(path_gone, 30, "explain to report no path after b stopped")
+    out = cli("trace", "--api", a.info["api"], "--timeout", "0.5", b.info["address"])
+    assert out.returncode == 1 and "path: unknown" in out.stdout, out.stdout + out.stderr
