@@ -1,0 +1,331 @@
+"""``sporenet contract``: write, sign, check and publish a network contract (docs/contracts.md).
+
+A contract file is JSON holding the canonical fields (keys and hashes in hex); the
+bytes owners sign are rebuilt from those fields (``protocols.contract.encode_body``),
+so any hand edit of a signed field breaks the signatures, and key order or spacing in
+the file does not matter. Editing a signed contract makes the next version and drops
+the signatures: owners sign again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from sporenet.keyfile import KeyFileError, load_key_file
+from sporenet.ledger_file import FileLedger, LedgerError
+from sporenet.protocols import contract as ct
+from sporenet.protocols.errors import LocalProtocolError
+
+FORMAT = "sporenet-contract-v1"
+_HEX_KEY = re.compile(r"(?:ed25519:)?([0-9a-fA-F]{64})\Z")
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+class ContractFileError(Exception):
+    """A contract file cannot be read or written; the message names the file."""
+
+
+# -- the JSON file format -------------------------------------------------------------
+
+
+def to_json(c: ct.Contract) -> dict[str, Any]:
+    return {
+        "format": FORMAT, "network": c.network, "version": c.version,
+        "previous": c.previous.hex(), "expires": c.expires,
+        "owners": [k.hex() for k in c.owners], "threshold": c.threshold,
+        "members": [{"public_key": m.public_key.hex(), "name": m.name, "groups": list(m.groups),
+                     "expires": m.expires} for m in c.members],
+        "rules": [{"from": r.src, "to": r.dst} for r in c.rules],
+        "flags": dict(c.flags),
+        "signatures": [{"public_key": s.public_key.hex(), "signature": s.signature.hex()}
+                       for s in c.signatures],
+    }
+
+
+def from_json(doc: Any) -> ct.Contract:
+    """Build a contract from the file's fields; ``ValueError`` etc. say what is wrong."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f'not a contract file (expected "format": "{FORMAT}")')
+    members = sorted((ct.Member(bytes.fromhex(m["public_key"]), m["name"],
+                                tuple(sorted(set(m.get("groups", ())))), m.get("expires"))
+                      for m in doc.get("members", ())), key=lambda m: m.public_key)
+    sigs = sorted((ct.Signature(bytes.fromhex(s["public_key"]), bytes.fromhex(s["signature"]))
+                   for s in doc.get("signatures", ())), key=lambda s: s.public_key)
+    return ct.Contract(
+        doc["network"], doc["version"], bytes.fromhex(doc["previous"]),
+        tuple(sorted(bytes.fromhex(k) for k in doc["owners"])), doc["threshold"],
+        tuple(members), ct.sorted_rules((r["from"], r["to"]) for r in doc.get("rules", ())),
+        tuple(sorted(doc.get("flags", {}).items())), doc.get("expires"), tuple(sigs))
+
+
+def read_contract(path: Path) -> ct.Contract:
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ContractFileError(f"no contract file at {path}; create one with "
+                                "`sporenet contract new`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractFileError(f"cannot read contract file {path}: {exc}") from None
+    try:
+        return from_json(doc)
+    except KeyError as exc:
+        raise ContractFileError(f"{path}: missing field {exc}") from None
+    except (ValueError, TypeError, AttributeError, LocalProtocolError) as exc:
+        raise ContractFileError(f"{path}: {exc}") from None
+
+
+def write_contract(path: Path, c: ct.Contract, *, new: bool = False) -> None:
+    """Write atomically (temp file, fsync, rename); ``new`` refuses to replace a file."""
+    if new and os.path.lexists(path):
+        raise ContractFileError(f"{path} already exists; choose another --out or remove it")
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(to_json(c), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ContractFileError(f"cannot write contract file {path}: {exc.strerror}") from None
+
+
+# -- argument parsing -----------------------------------------------------------------
+
+
+def parse_key(value: str) -> bytes:
+    """A public key in hex (optionally ``ed25519:``-prefixed), or the key of a key file."""
+    m = _HEX_KEY.match(value.strip())
+    if m:
+        return bytes.fromhex(m.group(1))
+    if not Path(value).exists():
+        raise click.BadParameter(f"{value!r} is neither a public key (64 hex digits) nor a key file")
+    try:
+        return load_key_file(value).public_key
+    except KeyFileError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def parse_date(value: str | None, now: float) -> int | None:
+    """``never``, unix seconds, or an ISO 8601 date/time (UTC unless it names a zone)."""
+    if value is None or value == "never":
+        return None
+    if value.isdigit():
+        stamp = int(value)
+    else:
+        try:
+            when = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a date; expected e.g. 2027-01-31, "
+                                     "2027-01-31T12:00:00Z, unix seconds or never") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        stamp = int(when.timestamp())
+    if stamp <= now:
+        raise click.BadParameter(f"{value} is in the past: the membership would be expired already")
+    return stamp
+
+
+def parse_rule(value: str) -> tuple[str, str]:
+    src, sep, dst = value.partition(":")
+    if not sep:
+        raise click.BadParameter(f"rule {value!r}: expected FROM_GROUP:TO_GROUP (\"*\" = any member)")
+    return src.strip(), dst.strip()
+
+
+def _run(action: Callable[[], None]) -> None:
+    """Turn every expected failure into a one-line error and exit status 1."""
+    try:
+        action()
+    except (ct.ContractError, LocalProtocolError, LedgerError, KeyFileError, ContractFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _edit(path: Path, change: Callable[[ct.Contract], ct.Contract]) -> None:
+    def action() -> None:
+        before = read_contract(path)
+        after = change(before)
+        write_contract(path, after)
+        if after.version != before.version:
+            click.echo(f"{path}: version {after.version} of network {after.network} "
+                       f"(signatures cleared: owners must sign it again)")
+        else:
+            click.echo(f"{path}: draft version {after.version} of network {after.network} updated")
+    _run(action)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+@click.group("contract")
+def command() -> None:
+    """Network contracts: the signed whitelist of members, groups and rules."""
+
+
+@command.command("new")
+@click.option("--network", required=True, help="Network id (letters, digits, '.', '_', '-').")
+@click.option("--owner", "owners", multiple=True, required=True,
+              help="Owner public key (hex) or key file; repeat for each owner.")
+@click.option("--threshold", type=int, default=1, show_default=True,
+              help="How many owners must sign each version (m of n).")
+@click.option("--rule", "rules", multiple=True, help='FROM:TO group rule ("*" = any); repeatable.')
+@click.option("--pq", type=click.Choice(ct.PQ_VALUES), help="Post-quantum key exchange policy.")
+@click.option("--expires", help="When the whole contract expires (date, unix seconds, never).")
+@click.option("--out", required=True, type=_FILE, help="Contract file to create.")
+def new(network: str, owners: tuple[str, ...], threshold: int, rules: tuple[str, ...],
+        pq: str | None, expires: str | None, out: Path) -> None:
+    """Create version 1 (genesis) of a network contract, unsigned and without members."""
+    keys = [parse_key(o) for o in owners]
+    parsed = [parse_rule(r) for r in rules]
+    until = parse_date(expires, time.time())
+
+    def action() -> None:
+        c = ct.new_contract(network, keys, threshold, rules=parsed,
+                            flags={"pq": pq} if pq else None, expires=until)
+        write_contract(out, c, new=True)
+        click.echo(f"{out}: network {network}, version 1, {threshold} of {len(keys)} owners must sign")
+    _run(action)
+
+
+@command.command("add")
+@click.argument("file", type=_FILE)
+@click.option("--member", required=True, help="Member public key (hex) or key file.")
+@click.option("--name", required=True, help="A human name for the member.")
+@click.option("--groups", default="", help="Comma-separated groups, e.g. app,db.")
+@click.option("--expires", help="When the membership ends (date, unix seconds, never).")
+def add(file: Path, member: str, name: str, groups: str, expires: str | None) -> None:
+    """Add a member."""
+    key, until = parse_key(member), parse_date(expires, time.time())
+    names = [g.strip() for g in groups.split(",") if g.strip()]
+    _edit(file, lambda c: ct.add_member(c, key, name, names, until))
+
+
+@command.command("remove")
+@click.argument("file", type=_FILE)
+@click.option("--member", required=True, help="Member public key (hex) or key file.")
+def remove(file: Path, member: str) -> None:
+    """Remove (revoke) a member: the next version no longer admits it."""
+    key = parse_key(member)
+    _edit(file, lambda c: ct.remove_member(c, key))
+
+
+@command.command("rules")
+@click.argument("file", type=_FILE)
+@click.option("--rule", "rules", multiple=True, help='FROM:TO group rule ("*" = any); repeatable.')
+def set_rules(file: Path, rules: tuple[str, ...]) -> None:
+    """Replace the rules (none given: nobody may reach anybody)."""
+    parsed = [parse_rule(r) for r in rules]
+    _edit(file, lambda c: ct.set_rules(c, parsed))
+
+
+@command.command("sign")
+@click.argument("file", type=_FILE)
+@click.option("--key-file", required=True, type=_FILE, help="The owner's key file.")
+@click.option("--ledger", type=click.Path(file_okay=False, path_type=Path),
+              help="Ledger directory: lets owners of the previous version sign an owner change.")
+def sign(file: Path, key_file: Path, ledger: Path | None) -> None:
+    """Sign the contract with an owner key."""
+    def action() -> None:
+        c = read_contract(file)
+        prev = FileLedger(ledger).get(c.network, c.version - 1) if ledger else None
+        identity = load_key_file(key_file)
+        c = ct.sign(c, identity, prev)
+        write_contract(file, c)
+        click.echo(f"{file}: signed by owner {identity.public_key.hex()}; "
+                   f"{len(c.signatures)} signature(s), {c.threshold} of {len(c.owners)} needed")
+    _run(action)
+
+
+def _verify(c: ct.Contract, ledger: Path | None, now: float) -> str:
+    if ledger is None:
+        ct.verify(c, now)
+        return "" if c.version == 1 else " (chain not checked: pass --ledger DIR)"
+    led = FileLedger(ledger)
+    latest = led.latest(c.network)
+    held = led.get(c.network, c.version)
+    if held is not None and held.hash == c.hash:
+        ct.verify(c, now, led.get(c.network, c.version - 1))
+        return f" (in the ledger; latest version {latest.version})"
+    if latest is not None and c.version <= latest.version:
+        raise ct.VersionNotNext(f"version {c.version} goes backwards: the ledger holds version "
+                                f"{latest.version} of network {c.network}; edit that one instead")
+    ct.verify(c, now, latest)
+    return " (follows the ledger; publish it with `sporenet contract publish`)"
+
+
+@command.command("verify")
+@click.argument("file", type=_FILE)
+@click.option("--ledger", type=click.Path(file_okay=False, path_type=Path),
+              help="Ledger directory: also check the version chain against it.")
+@click.option("--member", help="Also check that this key (hex or key file) is a member now.")
+def verify(file: Path, ledger: Path | None, member: str | None) -> None:
+    """Check signatures, threshold, chain and expiry; exit 1 saying what is wrong."""
+    key = parse_key(member) if member else None
+
+    def action() -> None:
+        c = read_contract(file)
+        now = time.time()
+        note = _verify(c, ledger, now)
+        click.echo(f"{file}: network {c.network} version {c.version} is valid{note}")
+        if key is not None:
+            m = c.member(key, now)
+            click.echo(f"{m.name} is a member (groups: {', '.join(m.groups) or '-'})")
+    _run(action)
+
+
+@command.command("publish")
+@click.argument("file", type=_FILE)
+@click.option("--ledger", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Ledger directory.")
+def publish(file: Path, ledger: Path) -> None:
+    """Verify the contract and append it to the ledger (fsync'd)."""
+    def action() -> None:
+        c, led = read_contract(file), FileLedger(ledger)
+        ct.verify(c, time.time(), led.get(c.network, c.version - 1))
+        added = led.append(c)
+        click.echo(f"{'appended' if added else 'already in'} {ledger}: network {c.network} "
+                   f"version {c.version}")
+    _run(action)
+
+
+def _when(stamp: int | None) -> str:
+    if stamp is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@command.command("show")
+@click.argument("file", type=_FILE)
+@click.option("--json", "as_json", is_flag=True, help="Print the file's JSON plus the hash.")
+def show(file: Path, as_json: bool) -> None:
+    """Show a contract: owners, members, rules, signatures."""
+    def action() -> None:
+        c, now = read_contract(file), time.time()
+        if as_json:
+            click.echo(json.dumps({**to_json(c), "hash": c.hash.hex(), "signed": ct.is_signed(c)},
+                                  indent=2))
+            return
+        signed = {s.public_key for s in c.signatures}
+        click.echo(f"network   {c.network}\nversion   {c.version}\nhash      {c.hash.hex()}")
+        click.echo(f"previous  {c.previous.hex() if c.version > 1 else '-'}\n"
+                   f"expires   {_when(c.expires)}\nflags     "
+                   + (", ".join(f"{k}={v}" for k, v in c.flags) or "-"))
+        click.echo(f"owners    {c.threshold} of {len(c.owners)} must sign")
+        for k in c.owners:
+            click.echo(f"  {k.hex()}  {'signed' if k in signed else 'not signed'}")
+        click.echo(f"members   {len(c.members)}")
+        for m in c.members:
+            state = "EXPIRED" if m.expired(now) else f"until {_when(m.expires)}"
+            click.echo(f"  {m.name}  {m.public_key.hex()}  groups {','.join(m.groups) or '-'}  {state}")
+        click.echo("rules     " + (", ".join(f"{r.src} -> {r.dst}" for r in c.rules) or "none (deny all)"))
+        click.echo(f"status    {'signed' if ct.is_signed(c) else 'draft: needs signatures'}")
+    _run(action)

@@ -1,0 +1,145 @@
+"""``sporenet contract``: new -> add -> sign x2 -> verify -> publish, and the errors users meet."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sporenet.cli import cli
+from sporenet.commands.contract import read_contract
+from sporenet.keyfile import write_key_file
+from sporenet.ledger_file import FileLedger
+from sporenet.protocols.identity import Identity
+
+OWNERS = [Identity(bytes([i + 1]) * 32) for i in range(3)]
+ALICE, BOB = Identity(b"\x41" * 32), Identity(b"\x42" * 32)
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, ["contract", *map(str, args)])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def keys(tmp_path):
+    paths = {}
+    for name, ident in [("o1", OWNERS[0]), ("o2", OWNERS[1]), ("o3", OWNERS[2]), ("alice", ALICE)]:
+        paths[name] = write_key_file(tmp_path / f"{name}.key", ident)
+    return paths
+
+
+@pytest.fixture
+def draft(tmp_path, keys):
+    """A 2-of-3 contract with alice (key file) and bob (hex key), unsigned."""
+    path = tmp_path / "lab.json"
+    code, out = run("new", "--network", "lab", "--owner", keys["o1"], "--owner", keys["o2"],
+                    "--owner", OWNERS[2].public_key.hex(), "--threshold", 2,
+                    "--rule", "app:db", "--pq", "required", "--out", path)
+    assert code == 0, out
+    assert run("add", path, "--member", keys["alice"], "--name", "alice", "--groups", "app")[0] == 0
+    code, out = run("add", path, "--member", BOB.public_key.hex(), "--name", "bob",
+                    "--groups", "db,ops", "--expires", "2099-01-01")
+    assert code == 0 and "draft version 1" in out, out
+    return path
+
+
+def sign(path, *keyfiles, ledger=None):
+    for k in keyfiles:
+        code, out = run("sign", path, "--key-file", k, *(["--ledger", ledger] if ledger else []))
+        assert code == 0, out
+
+
+def test_full_flow_new_add_sign_twice_verify_publish(tmp_path, keys, draft):
+    sign(draft, keys["o1"], keys["o2"])
+    code, out = run("verify", draft, "--member", keys["alice"])
+    assert code == 0 and "network lab version 1 is valid" in out and "alice is a member" in out, out
+    c = json.loads(draft.read_text())
+    assert c["version"] == 1 and len(c["signatures"]) == 2 and c["flags"] == {"pq": "required"}
+    code, out = run("publish", draft, "--ledger", tmp_path / "ledger")
+    assert code == 0 and "appended" in out, out
+    assert FileLedger(tmp_path / "ledger").latest("lab").may_reach(
+        ALICE.public_key, BOB.public_key, 1_800_000_000)
+
+
+def test_revocation_flow_through_the_ledger(tmp_path, keys, draft):
+    ledger = tmp_path / "ledger"
+    sign(draft, keys["o1"], keys["o2"])
+    run("publish", draft, "--ledger", ledger)
+    code, out = run("remove", draft, "--member", BOB.public_key.hex())
+    assert code == 0 and "version 2" in out and "sign it again" in out, out
+    sign(draft, keys["o2"], keys["o3"])
+    code, out = run("verify", draft, "--ledger", ledger)
+    assert code == 0 and "follows the ledger" in out, out
+    assert run("publish", draft, "--ledger", ledger)[0] == 0
+    latest = FileLedger(ledger).latest("lab")
+    assert latest.version == 2 and not latest.is_member(BOB.public_key, 0)
+    code, out = run("verify", draft, "--member", BOB.public_key.hex())
+    assert code == 1 and "is not a member of network lab" in out
+
+
+def test_threshold_not_met(keys, draft):
+    sign(draft, keys["o1"])
+    code, out = run("verify", draft)
+    assert code == 1 and "threshold not met: 1 valid signature(s)" in out and "2 of 3" in out, out
+
+
+def test_bad_signature_after_hand_edit(keys, draft):
+    sign(draft, keys["o1"], keys["o2"])
+    doc = json.loads(draft.read_text())
+    doc["members"][0]["groups"] = ["admin"]  # someone edits the signed file by hand
+    draft.write_text(json.dumps(doc))
+    code, out = run("verify", draft)
+    assert code == 1 and "bad signature by owner" in out and "sign again" in out, out
+
+
+def test_expired_member(tmp_path, keys, draft):
+    doc = json.loads(draft.read_text())
+    alice = next(m for m in doc["members"] if m["name"] == "alice")
+    alice["expires"] = 1_000_000  # long ago (the CLI refuses past dates)
+    draft.write_text(json.dumps(doc))
+    sign(draft, keys["o1"], keys["o2"])
+    code, out = run("verify", draft, "--member", keys["alice"])
+    assert code == 1 and "membership of alice" in out and "expired" in out, out
+    code, out = run("show", draft)
+    assert code == 0 and "EXPIRED" in out
+    code, out = run("add", draft, "--member", keys["o3"], "--name", "x", "--expires", "2001-01-01")
+    assert code != 0 and "in the past" in out
+
+
+def test_version_backwards(tmp_path, keys, draft):
+    ledger = tmp_path / "ledger"
+    sign(draft, keys["o1"], keys["o2"])
+    old = draft.read_text()
+    run("publish", draft, "--ledger", ledger)
+    run("remove", draft, "--member", BOB.public_key.hex())
+    sign(draft, keys["o1"], keys["o2"])
+    run("publish", draft, "--ledger", ledger)
+    stale = tmp_path / "stale.json"
+    doc = json.loads(old)
+    doc["rules"] = []  # a different version 1, made from an old copy
+    stale.write_text(json.dumps(doc))
+    code, out = run("verify", stale, "--ledger", ledger)
+    assert code == 1 and "version 1 goes backwards: the ledger holds version 2" in out, out
+    code, out = run("publish", stale, "--ledger", ledger)
+    assert code == 1 and "Error:" in out
+
+
+def test_unknown_key_and_missing_file(tmp_path, keys, draft):
+    code, out = run("sign", draft, "--key-file", keys["alice"])
+    assert code == 1 and "not an owner of network lab" in out
+    code, out = run("show", tmp_path / "nope.json")
+    assert code == 1 and "no contract file at" in out
+    code, out = run("add", draft, "--member", "zz", "--name", "x")
+    assert code != 0 and "neither a public key" in out
+    code, out = run("new", "--network", "lab", "--owner", keys["o1"], "--out", draft)
+    assert code == 1 and "already exists" in out
+
+
+def test_show_json(keys, draft):
+    sign(draft, keys["o1"], keys["o2"])
+    code, out = run("show", draft, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["signed"] is True and len(doc["hash"]) == 64
+    assert doc["hash"] == read_contract(draft).hash.hex()
+    code, out = run("show", draft)
+    assert "alice" in out and "app -> db" in out and "status    signed" in out
