@@ -221,3 +221,54 @@ def test_old_openssl_is_detected(monkeypatch):
 def test_psk_value_object():
     psk = PqPsk(b"\x01" * 32)
     assert bytes(psk) == b"\x01" * 32 and psk == PqPsk(b"\x01" * 32)
+
+
+# --- end to end with the real handshake -----------------------------------------------
+
+@needs_mlkem
+def test_pq_psk_rekey_end_to_end_with_noise():
+    """IKpsk2 (zero psk) -> data keys -> PQ exchange inside the session -> IKpsk2 with
+    the PQ psk -> data under the new keys; a wrong psk makes the handshake fail."""
+    import random
+
+    noise = pytest.importorskip("sporenet.protocols.noise")
+    from sporenet.protocols.identity import Identity
+    from sporenet.protocols.session_data import KeyRing
+
+    t0 = 1_800_000_000.0  # the initiator's TAI64N clock wants wall-clock seconds
+    a, b = Identity(b"\x01" * 32), Identity(b"\x02" * 32)
+    sa, sb = noise.StaticKey(a), noise.StaticKey(b)
+    rng, clock = random.Random(5), noise.TimestampSource()
+    responder = noise.Responder(sb, rng=rng.randbytes)
+    ring_a, ring_b = KeyRing(), KeyRing()
+
+    def handshake(index_a, index_b, psk_a, psk_b, now):
+        ini = noise.Initiator(sa, b.public_key, local_index=index_a, rng=rng.randbytes,
+                              clock=clock, psk=psk_a)
+        lookup = {sa.public: noise.PeerKey(a.public_key, psk_b)}.get
+        out = responder.consume_init(ini.create_init(now), now=now, local_index=index_b,
+                                     lookup=lookup)
+        return ini.consume_response(out.reply), out.result
+
+    res_a, res_b = handshake(11, 22, bytes(32), bytes(32), t0)
+    assert res_a.transcript_hash == res_b.transcript_hash
+    ring_a.install(res_a, t0), ring_b.install(res_b, t0)
+
+    init = PqInitiator()
+    sealed = ring_a.seal(b.public_key, wire.encode_frame(init.offer()), t0 + 0.01)
+    peer, plaintext = ring_b.open(sealed, t0 + 0.01)
+    assert peer == a.public_key
+    answer, psk_b = answer_offer(wire.decode_frame(plaintext), res_b.transcript_hash)
+    _, plaintext = ring_a.open(ring_b.seal(a.public_key, wire.encode_frame(answer), t0 + 0.02),
+                               t0 + 0.02)
+    psk_a = init.finish(wire.decode_frame(plaintext), res_a.transcript_hash)
+    assert psk_a == psk_b
+
+    with pytest.raises(RemoteProtocolError):  # a psk mismatch cannot complete
+        handshake(13, 24, bytes(psk_a), bytes(32), t0 + 0.5)
+    res_a2, res_b2 = handshake(33, 44, bytes(psk_a), bytes(psk_b), t0 + 1.0)
+    assert res_a2.send_key != res_a.send_key
+    ring_b.install(res_b2, t0 + 1.0), ring_a.install(res_a2, t0 + 1.0)
+    assert ring_b.open(ring_a.seal(b.public_key, b"pq keys", t0 + 1.1), t0 + 1.1) == (
+        a.public_key, b"pq keys")
+    assert [kp.local_index for kp in ring_b.keypairs(a.public_key)[:2]] == [22, 44]
