@@ -9,7 +9,8 @@ Layout of ``SessionData`` 0x23 (after the two-byte frame header of ``wire.py``,
 integers big-endian like every sporenet frame): ``receiver_index:u32 | counter:u64 |
 ciphertext`` where ciphertext is ``len(plaintext) + 16`` bytes (Poly1305 tag last).
 This is WireGuard's data message (whitepaper §5.4.6) with our frame header in place
-of its type word.
+of its type word. Receivers hand the raw frame (bytes or memoryview) to
+``KeyRing.open``; the registered codec serves tools and tests.
 
 Invariants (security.md §3):
 - AEAD is ChaCha20-Poly1305, nonce ``0^32 || LE64(counter)``, AAD the 14-byte frame
@@ -279,8 +280,9 @@ class KeyRing:
         """Add the keypair of a completed handshake (WireGuard ``BeginSymmetricSession``).
 
         The initiator has seen the responder's message, so its keys are confirmed:
-        they become current at once. The responder's wait in ``next`` until the
-        initiator's first data frame.
+        they become current at once. The responder's keys wait in ``next`` until the
+        initiator's first data frame, and its current keypair stays: a replayed or
+        KCI-forged msg1 must never tear down a working session (security.md §1).
         """
         kp = Keypair(keys, now)
         if kp.local_index in self._by_index:
