@@ -1,4 +1,4 @@
-"""mac1, mac2 and cookie replies: WireGuard's handshake DoS defence (whitepaper §5.3, §5.4.4, §5.4.7).
+"""mac1, mac2 and cookie replies: WireGuard's handshake DoS defence (whitepaper §5.3, §5.4.7).
 
 - mac1 = MAC(HASH("mac1----" ‖ S_pub_r), frame[:mac1]) where S_pub_r is the
   receiver's Noise static (X25519) key. It proves the sender knows that key, costs
