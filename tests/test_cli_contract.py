@@ -124,6 +124,16 @@ def test_version_backwards(tmp_path, keys, draft):
     assert code == 1 and "Error:" in out
 
 
+def test_later_version_against_an_empty_ledger(tmp_path, keys, draft):
+    sign(draft, keys["o1"], keys["o2"])
+    run("remove", draft, "--member", BOB.public_key.hex())
+    sign(draft, keys["o1"], keys["o2"])
+    code, out = run("verify", draft, "--ledger", tmp_path / "empty")
+    assert code == 1 and "publish version 1 before version 2" in out, out
+    code, out = run("publish", draft, "--ledger", tmp_path / "empty")
+    assert code == 1 and "append version 1" in out, out
+
+
 def test_unknown_key_and_missing_file(tmp_path, keys, draft):
     code, out = run("sign", draft, "--key-file", keys["alice"])
     assert code == 1 and "not an owner of network lab" in out

@@ -131,7 +131,7 @@ def parse_date(value: str | None, now: float) -> int | None:
             when = when.replace(tzinfo=datetime.timezone.utc)
         stamp = int(when.timestamp())
     if stamp <= now:
-        raise click.BadParameter(f"{value} is in the past: the membership would be expired already")
+        raise click.BadParameter(f"{value} is in the past: it would be expired already")
     return stamp
 
 
@@ -258,6 +258,9 @@ def _verify(c: ct.Contract, ledger: Path | None, now: float) -> str:
     if latest is not None and c.version <= latest.version:
         raise ct.VersionNotNext(f"version {c.version} goes backwards: the ledger holds version "
                                 f"{latest.version} of network {c.network}; edit that one instead")
+    if latest is None and c.version != 1:
+        raise ct.VersionNotNext(f"the ledger holds nothing for network {c.network}: publish "
+                                f"version 1 before version {c.version}")
     ct.verify(c, now, latest)
     return " (follows the ledger; publish it with `sporenet contract publish`)"
 
@@ -300,7 +303,11 @@ def publish(file: Path, ledger: Path) -> None:
 def _when(stamp: int | None) -> str:
     if stamp is None:
         return "never"
-    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        when = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+    except (OverflowError, ValueError, OSError):  # beyond year 9999: show the number
+        return str(stamp)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @command.command("show")
