@@ -15,13 +15,24 @@ Guarantees every backend gives, per network id:
 
 ``MemoryLedger`` (pure, for tests and the simulator) is the reference implementation;
 ``sporenet.ledger_file.FileLedger`` is the default on disk.
+
+Gossip frames (0x50-0x5f) let nodes' ledgers catch up; integers big-endian:
+
+- ``ContractOffer`` 0x50: ``contract.encode(c)`` (the rest of the frame). A contract
+  larger than one frame (about 1,000 members) needs another carrier (a later step).
+- ``ContractRequest`` 0x51: ``network:text8 | version:u64`` (0: the latest held).
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
+from typing import ClassVar
 
-from .contract import Contract, VersionNotNext, body_hash, verify_signed
+from . import wire
+from .contract import (MAX_U64, NAME_PATTERN, Contract, VersionNotNext, body_hash, decode, encode,
+                       verify_signed)
+from .errors import DecodeError, LocalProtocolError
 
 
 class Ledger(abc.ABC):
@@ -94,3 +105,51 @@ class MemoryLedger(Ledger):
     def get(self, network: str, version: int) -> Contract | None:
         chain = self._chains.get(network, [])
         return chain[version - 1] if 0 < version <= len(chain) else None
+
+
+@wire.register
+@dataclass(frozen=True, slots=True)
+class ContractOffer(wire.Message):
+    """A signed contract version, pushed or sent in answer to a ``ContractRequest``.
+
+    Decoding checks only the encoding: the receiver verifies it (``Ledger.append``)."""
+
+    TYPE: ClassVar[int] = 0x50
+    contract: Contract
+
+    def encode_body(self) -> bytes:
+        return encode(self.contract)
+
+    @classmethod
+    def decode_body(cls, r: wire.Reader) -> ContractOffer:
+        return cls(decode(r.rest()))
+
+
+@wire.register
+@dataclass(frozen=True, slots=True)
+class ContractRequest(wire.Message):
+    """Ask a peer for one version of a network's contract (``LATEST``: its newest)."""
+
+    TYPE: ClassVar[int] = 0x51
+    MAX_SIZE: ClassVar[int] = wire.HEADER_SIZE + 1 + 63 + 8
+    LATEST: ClassVar[int] = 0
+    network: str
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.network, str) or not NAME_PATTERN.match(self.network):
+            raise LocalProtocolError(f"{self.network!r} is not a network id")
+        if type(self.version) is not int or not 0 <= self.version <= MAX_U64:
+            raise LocalProtocolError("version must be 0..2^64-1")
+
+    def encode_body(self) -> bytes:
+        return wire.Writer().text8(self.network).u64(self.version).getvalue()
+
+    @classmethod
+    def decode_body(cls, r: wire.Reader) -> ContractRequest:
+        network, version = r.text8(), r.u64()
+        r.end()
+        try:
+            return cls(network, version)
+        except LocalProtocolError as exc:
+            raise DecodeError(str(exc)) from None

@@ -6,11 +6,15 @@ import shutil
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sporenet.ledger_file import MAGIC, FileLedger, LedgerError
 from sporenet.protocols import contract as ct
+from sporenet.protocols import wire
+from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.ledger import MemoryLedger
+from sporenet.protocols.ledger import ContractOffer, ContractRequest, MemoryLedger
 
 OWNERS = [Identity(bytes([i + 1]) * 32) for i in range(3)]
 A, B = Identity(b"\x41" * 32), Identity(b"\x42" * 32)
@@ -180,3 +184,37 @@ def test_appending_to_a_tampered_log_is_refused(tmp_path, chain):
     with pytest.raises(LedgerError, match="truncated"):
         FileLedger(path.parent).append(chain[1])
     assert path.read_bytes() == cut  # nothing was written after the bad record
+
+
+# -- gossip frames (0x50-0x5f) ------------------------------------------------------------
+
+
+def test_gossip_frames_registered_in_contract_range():
+    reg = wire.registered_types()
+    assert reg[0x50] is ContractOffer and reg[0x51] is ContractRequest
+
+
+def test_contract_request_golden_and_roundtrip():
+    frame = bytes.fromhex("0151" + "03" + b"lab".hex() + "0000000000000002")
+    assert wire.encode_frame(ContractRequest("lab", 2)) == frame
+    assert wire.decode_frame(frame) == ContractRequest("lab", 2)
+    assert wire.decode_frame(wire.encode_frame(ContractRequest("lab"))).version == ContractRequest.LATEST
+    with pytest.raises(DecodeError):
+        wire.decode_frame(bytes.fromhex("0151" + "03" + b"../".hex() + "00" * 8))
+    with pytest.raises(LocalProtocolError):
+        ContractRequest("a b")
+
+
+def test_contract_offer_carries_the_signed_form(chain):
+    frame = wire.encode_frame(ContractOffer(chain[1]))
+    assert frame == bytes([wire.VERSION, 0x50]) + ct.encode(chain[1])
+    assert wire.decode_frame(frame) == ContractOffer(chain[1])
+
+
+@settings(max_examples=200)
+@given(st.sampled_from([0x50, 0x51]), st.binary(max_size=300))
+def test_gossip_decoders_raise_only_decode_error(ftype, body):
+    try:
+        wire.decode_frame(bytes([wire.VERSION, ftype]) + body)
+    except DecodeError:
+        pass
