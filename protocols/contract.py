@@ -380,7 +380,7 @@ def sorted_rules(rules: Iterable[Rule | tuple[str, str]]) -> tuple[Rule, ...]:
 def is_signed(c: Contract) -> bool:
     """True if valid signatures of its own owners meet its threshold ("ready to publish")."""
     try:
-        _check_threshold(c, _valid_signers(c, set(c.owners)), c.owners, c.threshold, "")
+        _check_threshold(c, _valid_signers(c, set(c.owners)), c.owners, c.threshold, "current")
     except ContractError:
         return False
     return True
@@ -467,7 +467,7 @@ def _check_threshold(c: Contract, signers: set[bytes], owners: tuple[bytes, ...]
                      threshold: int, which: str) -> None:
     have = len(signers & set(owners))
     if have < threshold:
-        raise ThresholdNotMet(have, threshold, len(owners), which or "current")
+        raise ThresholdNotMet(have, threshold, len(owners), which)
 
 
 def verify_signed(c: Contract, previous: Contract | None = None) -> None:
@@ -475,7 +475,7 @@ def verify_signed(c: Contract, previous: Contract | None = None) -> None:
     ledger can re-verify old versions. Without ``previous`` only the contract's own
     owners are checked: trust in a version > 1 needs its chain from a pinned genesis."""
     if previous is None:
-        _check_threshold(c, _valid_signers(c, set(c.owners)), c.owners, c.threshold, "")
+        _check_threshold(c, _valid_signers(c, set(c.owners)), c.owners, c.threshold, "current")
         return
     if c.network != previous.network:
         raise NetworkMismatch(f"contract is for network {c.network}, the previous version for "

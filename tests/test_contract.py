@@ -243,3 +243,28 @@ def test_contract_expiry_and_time_free_verification():
 def test_flags():
     c = ct.set_flag(genesis(), "pq", "required")
     assert c.flag("pq") == "required" and ct.set_flag(c, "pq", None).flag("pq") is None
+
+
+_group = st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True)
+
+
+@st.composite
+def contracts(draw):
+    keys = draw(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=6, unique=True))
+    owners = keys[:draw(st.integers(1, len(keys)))]
+    c = ct.new_contract(draw(_group), owners, draw(st.integers(1, len(owners))),
+                        rules=draw(st.lists(st.tuples(_group | st.just("*"), _group | st.just("*")))),
+                        flags=draw(st.sampled_from([None, {"pq": "preferred"}, {"x": "y z"}])))
+    for k in keys:
+        name = draw(st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=1,
+                            max_size=20).filter(str.isprintable))
+        c = ct.add_member(c, k, name,
+                          draw(st.lists(_group, max_size=3)), draw(st.none() | st.integers(1, ct.MAX_U64)))
+    return c
+
+
+@settings(max_examples=100)
+@given(contracts())
+def test_roundtrip_any_contract(c):
+    assert ct.decode(ct.encode(c)) == c
+    assert ct.decode(ct.encode(ct.bump_version(c))).previous == c.hash
