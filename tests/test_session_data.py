@@ -147,6 +147,8 @@ def test_nonce_and_aad_follow_wireguard():
     header = bytes.fromhex("0123" + "00000022" + "0000000000000007")
     nonce = b"\x00" * 4 + (7).to_bytes(8, "little")
     assert frame == header + ChaCha20Poly1305(b"\x01" * 32).encrypt(nonce, b"hi", header)
+    # Frozen bytes: another implementation of the format must produce exactly these.
+    assert frame.hex() == "012300000022000000000000000753c9be322f53cb563c1879ef04edd08db90a"
 
 
 def test_payload_over_cap_refused():
