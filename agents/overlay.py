@@ -207,11 +207,14 @@ class OverlayAgent(ProtocolAgent):
     def _refresh_metrics(self) -> None:
         """Take the router's answer if it came; ask again when due (never blocks)."""
         fut = self._metrics_future
+        now = self.clock.now()
         if fut is not None:
             try:
                 rows = fut.get(timeout=0)["routes"]
             except pykka.Timeout:
-                return
+                if now - self._metrics_asked < 5 * METRICS_REFRESH:
+                    return
+                rows = None  # never answered (the router restarted): ask again
             except Exception as e:  # the router restarted or failed: ask again later
                 self.log.debug("route_metrics_unavailable", error=repr(e))
                 rows = None
@@ -220,7 +223,6 @@ class OverlayAgent(ProtocolAgent):
                 self._metrics = {ipaddress.IPv6Address(r["address"]).packed[:PREFIX_SIZE]:
                                  r["metric"] for r in rows if r.get("selected")}
         ask = self.options.get("request_routes")
-        now = self.clock.now()
         if ask is None or now - self._metrics_asked < METRICS_REFRESH:
             return
         self._metrics_asked = now
