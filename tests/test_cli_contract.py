@@ -65,7 +65,7 @@ def test_revocation_flow_through_the_ledger(tmp_path, keys, draft):
     ledger = tmp_path / "ledger"
     sign(draft, keys["o1"], keys["o2"])
     run("publish", draft, "--ledger", ledger)
-    code, out = run("remove", draft, "--member", BOB.public_key.hex())
+    code, out = run("revoke", draft, "--member", BOB.public_key.hex())  # alias of remove
     assert code == 0 and "version 2" in out and "sign it again" in out, out
     sign(draft, keys["o2"], keys["o3"])
     code, out = run("verify", draft, "--ledger", ledger)

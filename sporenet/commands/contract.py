@@ -218,6 +218,9 @@ def remove(file: Path, member: str) -> None:
     _edit(file, lambda c: ct.remove_member(c, key))
 
 
+command.add_command(remove, "revoke")  # the name DESIGN.md §6 uses
+
+
 @command.command("rules")
 @click.argument("file", type=_FILE)
 @click.option("--rule", "rules", multiple=True, help='FROM:TO group rule ("*" = any); repeatable.')
