@@ -1,4 +1,6 @@
-"""mac1, mac2 and cookie replies: WireGuard's handshake DoS defence (whitepaper §5.3, §5.4.7).
+"""msg1's guards that cost no DH: mac1/mac2 cookies (DoS) and TAI64N stamps (replay).
+
+WireGuard whitepaper §5.1 (timestamps), §5.3 and §5.4.7 (cookies).
 
 - mac1 = MAC(HASH("mac1----" ‖ S_pub_r), frame[:mac1]) where S_pub_r is the
   receiver's Noise static (X25519) key. It proves the sender knows that key, costs
@@ -10,14 +12,17 @@
   sealed with XChaCha20-Poly1305 under HASH("cookie--" ‖ S_pub_r), with the mac1
   of the message it answers as associated data (so only the real sender, who knows
   that mac1, can use it, and a reply cannot be replayed onto another message).
+- Timestamps (``TimestampSource``): TAI64N, 12 bytes, strictly increasing per
+  initiator, nanoseconds rounded down (security.md §1); the responder keeps the
+  greatest per initiator (``noise.Responder``) and refuses any not greater.
 - The source tag is whatever the caller binds the cookie to: WireGuard uses the UDP
   source ip:port; for overlay E2E handshakes use ``ingress link node id ‖ claimed
   source address`` (security.md §1 "Overlay adaptation").
 
 Driven by: ``CookieChecker`` (responder, one per node) ``check_mac1``,
 ``check_mac2``, ``create_reply``; ``CookieJar`` (initiator, one per peer, shared by
-successive attempts) ``stamp`` and ``consume_reply``. Time is the caller's ``now``;
-secrets and nonces come from the caller's ``rng(n) -> bytes``.
+successive attempts) ``stamp`` and ``consume_reply``; ``TimestampSource.next(now)``.
+Time is the caller's ``now``; secrets and nonces come from the caller's ``rng(n)``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from .session_messages import (COOKIE_NONCE_SIZE, MAC_SIZE, ZERO_MAC, CookieRepl
 
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
+TAI64_EPOCH = 0x400000000000000A  # TAI64 label of 1970-01-01 (2^62 + 10 s TAI-UTC), as WG
+TIMESTAMP_ROUNDING_NS = 1 << 24  # WG: rounddown_pow_of_two(1 s / 50), hides the sub-tick
+_NS = 1_000_000_000
 COOKIE_SECRET_LIFETIME = 120.0  # WG Cookie-Refresh-Time: R_m changes every 2 min
 Rng = Callable[[int], bytes]
 Macced = TypeVar("Macced", HandshakeInit, HandshakeResp)
@@ -160,3 +168,25 @@ class CookieJar:
 
     def __repr__(self) -> str:
         return f"CookieJar(cookie={'<redacted>' if self._cookie else None})"
+
+
+class TimestampSource:
+    """The initiator's TAI64N stamps: strictly increasing, nanoseconds rounded down.
+
+    ``now`` is wall-clock seconds since the Unix epoch (the responder compares them
+    across our restarts); persist ``last_sent`` so a restart never goes backwards.
+    """
+
+    __slots__ = ("last_sent",)
+
+    def __init__(self, last_sent: int = 0) -> None:
+        self.last_sent = last_sent  # ns since the Unix epoch of the last stamp sent
+
+    def next(self, now: float) -> bytes:
+        secs, nanos = divmod(int(now * _NS), _NS)
+        ns = secs * _NS + nanos - nanos % TIMESTAMP_ROUNDING_NS  # round the ns field, as WG
+        # max(now, last + 1 ns): a stepped-back or coarse clock still moves forward.
+        ns = max(ns, self.last_sent + 1)
+        self.last_sent = ns
+        secs, nanos = divmod(ns, _NS)
+        return (TAI64_EPOCH + secs).to_bytes(8, "big") + nanos.to_bytes(4, "big")

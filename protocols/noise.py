@@ -17,8 +17,10 @@ can start IK with nothing else. The alternative, a separate X25519 key certified
 by an Ed25519 signature in the member record (libp2p's way, security.md §1), lets
 the DH key rotate under a fixed address but needs that record before every first
 handshake; we can move to it later by changing ``noise_public_key`` and the lookup.
-Using one key for signatures and DH is safe for Ed25519/X25519 (Thormarker 2021)
-and is what libsodium's conversion exists for.
+Reusing one key for Ed25519 and X25519 is analysed in Thormarker, "On using the same
+key pair for Ed25519 and an X25519 based KEM" (IACR ePrint 2021/509). A responder that
+knows only the claimed source address maps the static back to the two Ed25519
+candidates (``lookup_by_address``).
 
 Invariants:
 - mac1 is checked before any Diffie-Hellman (``CookieChecker.check_mac1``); under
@@ -55,7 +57,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 # BadMac1 and BadCookieReply are re-exported: callers catch every handshake error from here.
 from .cookie import (BadCookieReply, BadMac1, CookieChecker, CookieJar,  # noqa: F401
-                     HandshakeRejected, Rng, mac1_key, verify_mac1)
+                     TAI64_EPOCH, TIMESTAMP_ROUNDING_NS, HandshakeRejected, Rng,
+                     TimestampSource, mac1_key, verify_mac1)
 from .cookie import blake2s as _blake2s
 from .errors import LocalProtocolError
 from .identity import Identity, address_of, node_id_of, short_id
@@ -65,13 +68,10 @@ CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"sporenet e2e v1"
 KEY_SIZE = 32
 ZERO_PSK = bytes(KEY_SIZE)
-TAI64_EPOCH = 0x400000000000000A  # TAI64 label of 1970-01-01 (2^62 + 10 s TAI-UTC), as WG
-TIMESTAMP_ROUNDING_NS = 1 << 24  # WG: rounddown_pow_of_two(1 s / 50), hides the sub-tick
 INITIATION_MIN_INTERVAL = 1 / 50  # WG HandshakeInitationRate: 50 accepted msg1/s per peer
-_NS = 1_000_000_000
+_P = 2**255 - 19  # the Curve25519 field
 
 Dh = Callable[[X25519PrivateKey, bytes], bytes]
-
 
 
 class DecryptFailed(HandshakeRejected):
@@ -178,6 +178,32 @@ class PeerKey:
     psk: bytes = field(default=ZERO_PSK, repr=False)
 
 
+def ed25519_candidates(x25519_public: bytes) -> tuple[bytes, bytes]:
+    """The two Ed25519 keys, A and -A, whose X25519 image is ``x25519_public``.
+
+    y = (u - 1) / (u + 1) (RFC 7748 §4.1); the map forgets the sign of x, so both
+    signs come back. Whoever holds A's scalar can sign as -A anyway (negate it), so
+    accepting either grants nothing new.
+    """
+    u = int.from_bytes(x25519_public, "little") & ((1 << 255) - 1)
+    enc = ((u - 1) * pow(u + 1, _P - 2, _P) % _P).to_bytes(32, "little")
+    return enc, enc[:31] + bytes((enc[31] | 0x80,))
+
+
+def lookup_by_address(claimed_address: ipaddress.IPv6Address,
+                      psk: bytes = ZERO_PSK) -> Callable[[bytes], PeerKey | None]:
+    """A ``Responder`` lookup for an initiator known only by the address it claims."""
+    def lookup(s_pub: bytes) -> PeerKey | None:
+        for key in ed25519_candidates(s_pub):
+            try:
+                if address_of(key) == claimed_address and noise_public_key(key) == s_pub:
+                    return PeerKey(key, psk)
+            except LocalProtocolError:  # a low-order or non-canonical point
+                continue
+        return None
+    return lookup
+
+
 @dataclass(frozen=True, slots=True)
 class HandshakeResult:
     """Keys of a finished handshake; the transport keypair is built on this."""
@@ -197,28 +223,6 @@ class Responded:
 
     reply: HandshakeResp
     result: HandshakeResult
-
-
-class TimestampSource:
-    """The initiator's TAI64N stamps: strictly increasing, nanoseconds rounded down.
-
-    ``now`` is wall-clock seconds since the Unix epoch (the responder compares them
-    across our restarts); persist ``last_sent`` so a restart never goes backwards.
-    """
-
-    __slots__ = ("last_sent",)
-
-    def __init__(self, last_sent: int = 0) -> None:
-        self.last_sent = last_sent  # ns since the Unix epoch of the last stamp sent
-
-    def next(self, now: float) -> bytes:
-        secs, nanos = divmod(int(now * _NS), _NS)
-        ns = secs * _NS + nanos - nanos % TIMESTAMP_ROUNDING_NS  # round the ns field, as WG
-        # max(now, last + 1 ns): a stepped-back or coarse clock still moves forward.
-        ns = max(ns, self.last_sent + 1)
-        self.last_sent = ns
-        secs, nanos = divmod(ns, _NS)
-        return (TAI64_EPOCH + secs).to_bytes(8, "big") + nanos.to_bytes(4, "big")
 
 
 class InitiatorState(enum.Enum):
@@ -241,10 +245,8 @@ class Initiator:
     def __init__(self, static: StaticKey, peer_public_key: bytes, *, local_index: int,
                  rng: Rng, clock: TimestampSource, psk: bytes = ZERO_PSK,
                  cookies: CookieJar | None = None, dh: Dh = x25519) -> None:
-        if len(psk) != KEY_SIZE:
-            raise LocalProtocolError(f"psk must be {KEY_SIZE} bytes")
-        if not 0 <= local_index <= 0xFFFF_FFFF:
-            raise LocalProtocolError("local index out of u32 range")
+        if len(psk) != KEY_SIZE or not 0 <= local_index <= 0xFFFF_FFFF:
+            raise LocalProtocolError(f"psk must be {KEY_SIZE} bytes and local index a u32")
         self.static, self.peer_public_key, self.local_index = static, peer_public_key, local_index
         self._peer_static = noise_public_key(peer_public_key)
         self.cookies = cookies if cookies is not None else CookieJar(self._peer_static)

@@ -10,6 +10,8 @@ import hmac
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sporenet.protocols import wire
@@ -21,7 +23,8 @@ from sporenet.protocols.noise import (CONSTRUCTION, IDENTIFIER, TAI64_EPOCH,
                                       BadMac1, DecryptFailed, HandshakeResult, InitiationFlood,
                                       Initiator, InitiatorState, PeerKey, ReplayedTimestamp,
                                       Responded, Responder, StaticKey, TimestampSource,
-                                      UnexpectedMessage, UnknownStatic, WrongIndex, x25519)
+                                      UnexpectedMessage, UnknownStatic, WrongIndex,
+                                      ed25519_candidates, lookup_by_address, x25519)
 from sporenet.protocols.session_messages import CookieReply, HandshakeInit, HandshakeResp
 
 T0 = 1_800_000_000.0  # wall-clock seconds, as the initiator's TimestampSource expects
@@ -242,6 +245,23 @@ def test_static_must_map_to_claimed_key_and_address():
     with pytest.raises(AddressMismatch):  # message claims to come from C's address
         respond(resp, m1, claimed_address=C.address)
     assert isinstance(respond(resp, m1, claimed_address=A.address), Responded)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32))
+def test_ed25519_candidates_recover_the_identity(seed):
+    ident = Identity(seed)
+    assert ident.public_key in ed25519_candidates(StaticKey(ident).public)
+
+
+def test_responder_knowing_only_the_claimed_address():
+    ini, resp = make_pair()
+    m1 = ini.create_init(T0)
+    with pytest.raises(UnknownStatic):  # A's static claiming C's address
+        respond(resp, m1, lookup=lookup_by_address(C.address), claimed_address=C.address)
+    out = respond(resp, m1, lookup=lookup_by_address(A.address), claimed_address=A.address)
+    assert out.result.remote_public_key == A.public_key
+    assert lookup_by_address(A.address)(bytes(32)) is None  # low-order point: no candidate
 
 
 def test_replayed_or_older_timestamp_is_refused():
