@@ -58,25 +58,7 @@ def parse_log(path: Path, data: bytes) -> tuple[list[Contract], bytes]:
     while pos < len(data):
         number += 1
         where = f"{path}: record {number} (at byte {pos})"
-        if len(data) - pos < _HEADER.size:
-            raise _truncated(where, path, pos)
-        length, rec_prev = _HEADER.unpack_from(data, pos)
-        end = pos + _HEADER.size + length
-        if length > MAX_CONTRACT_SIZE:
-            raise LedgerError(f"{where} declares {length} bytes, more than a contract may hold: "
-                              "the file is corrupt or was tampered with; restore it from a "
-                              "backup or another node")
-        if end > len(data):
-            raise _truncated(where, path, pos)
-        if rec_prev != prev:
-            raise LedgerError(f"{where} does not follow record {number - 1} (record hash chain "
-                              "broken): records were edited, removed or reordered; restore the "
-                              "file from a backup or another node")
-        try:
-            contract = decode(data[pos + _HEADER.size : end])
-        except DecodeError as exc:
-            raise LedgerError(f"{where} does not decode ({exc}): the file was tampered with; "
-                              "restore it from a backup or another node") from None
+        contract, end = _read_record(path, data, pos, prev, where)
         if contract.network != network:
             raise LedgerError(f"{where} holds network {contract.network}, not {network}; "
                               "the file was renamed or tampered with")
@@ -90,6 +72,29 @@ def parse_log(path: Path, data: bytes) -> tuple[list[Contract], bytes]:
         chain.append(contract)
         prev, pos = _record_hash(data[pos:end]), end
     return chain, prev
+
+
+def _read_record(path: Path, data: bytes, pos: int, prev: bytes, where: str) -> tuple[Contract, int]:
+    """One record's contract and end offset, checking its length and its link to ``prev``."""
+    if len(data) - pos < _HEADER.size:
+        raise _truncated(where, path, pos)
+    length, rec_prev = _HEADER.unpack_from(data, pos)
+    end = pos + _HEADER.size + length
+    if length > MAX_CONTRACT_SIZE:
+        raise LedgerError(f"{where} declares {length} bytes, more than a contract may hold: "
+                          "the file is corrupt or was tampered with; restore it from a "
+                          "backup or another node")
+    if end > len(data):
+        raise _truncated(where, path, pos)
+    if rec_prev != prev:
+        raise LedgerError(f"{where} does not follow the record before it (record hash chain "
+                          "broken): records were edited, removed or reordered; restore the "
+                          "file from a backup or another node")
+    try:
+        return decode(data[pos + _HEADER.size : end]), end
+    except DecodeError as exc:
+        raise LedgerError(f"{where} does not decode ({exc}): the file was tampered with; "
+                          "restore it from a backup or another node") from None
 
 
 def _truncated(where: str, path: Path, pos: int) -> LedgerError:
