@@ -18,7 +18,7 @@ from sporenet.protocols import wire
 from sporenet.protocols.cookie import CookieJar
 from sporenet.protocols.errors import LocalProtocolError, RemoteProtocolError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import (CONSTRUCTION, IDENTIFIER, TAI64_EPOCH,
+from sporenet.protocols.noise import (CONSTRUCTION, IDENTIFIER, TAI64_EPOCH, HandshakeRejected,
                                       TIMESTAMP_ROUNDING_NS, AddressMismatch, BadCookieReply,
                                       BadMac1, DecryptFailed, HandshakeResult, InitiationFlood,
                                       Initiator, InitiatorState, PeerKey, ReplayedTimestamp,
@@ -222,6 +222,32 @@ def test_tampered_ciphertext_fails_to_decrypt(field, size):
     with pytest.raises(DecryptFailed):
         respond(resp, bad)
     assert resp.greatest_timestamp == {}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=144, max_size=144), st.booleans(), st.booleans())
+def test_responder_raises_only_handshake_errors_on_garbage(body, stamp, load):
+    msg = wire.decode_frame(b"\x01\x20" + body)
+    if stamp:  # get past mac1 to reach the DH and AEAD steps
+        msg = restamp(msg, SB.public)
+    try:
+        out = respond(Responder(SB, rng=random.Random(1).randbytes), msg, under_load=load)
+    except HandshakeRejected:
+        return
+    assert isinstance(out, CookieReply) and load and stamp
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=88, max_size=88), st.booleans())
+def test_initiator_raises_only_handshake_errors_on_garbage(body, stamp):
+    ini, _ = make_pair()
+    ini.create_init(T0)
+    msg = dataclasses.replace(wire.decode_frame(b"\x01\x21" + body), receiver_index=11)
+    if stamp:
+        msg = restamp(msg, SA.public)
+    with pytest.raises(HandshakeRejected):
+        ini.consume_response(msg)
+    assert ini.state is InitiatorState.INIT_SENT
 
 
 def test_low_order_ephemeral_is_refused():
