@@ -77,6 +77,24 @@ def test_revocation_flow_through_the_ledger(tmp_path, keys, draft):
     assert code == 1 and "is not a member of network lab" in out
 
 
+def test_owner_change_needs_old_and_new_owners(tmp_path, keys, draft):
+    ledger = tmp_path / "ledger"
+    sign(draft, keys["o1"], keys["o2"])
+    run("publish", draft, "--ledger", ledger)
+    code, out = run("owners", draft, "--owner", keys["alice"], "--threshold", 1)
+    assert code == 0 and "version 2" in out, out
+    sign(draft, keys["alice"])  # the new owner alone: not enough
+    code, out = run("verify", draft, "--ledger", ledger)
+    assert code == 1 and "from the previous version's owners, 2 of 3 required" in out, out
+    code, out = run("sign", draft, "--key-file", keys["o1"])  # not an owner of version 2...
+    assert code == 1 and "not an owner" in out
+    sign(draft, keys["o1"], keys["o3"], ledger=ledger)  # ...but of version 1, from the ledger
+    code, out = run("verify", draft, "--ledger", ledger)
+    assert code == 0, out
+    assert run("publish", draft, "--ledger", ledger)[0] == 0
+    assert FileLedger(ledger).latest("lab").owners == (ALICE.public_key,)
+
+
 def test_threshold_not_met(keys, draft):
     sign(draft, keys["o1"])
     code, out = run("verify", draft)

@@ -230,6 +230,18 @@ def set_rules(file: Path, rules: tuple[str, ...]) -> None:
     _edit(file, lambda c: ct.set_rules(c, parsed))
 
 
+@command.command("owners")
+@click.argument("file", type=_FILE)
+@click.option("--owner", "owners", multiple=True, required=True,
+              help="New owner public key (hex) or key file; repeat for each owner.")
+@click.option("--threshold", type=int, required=True, help="How many new owners must sign (m of n).")
+def set_owners(file: Path, owners: tuple[str, ...], threshold: int) -> None:
+    """Replace the owner set. The old owners' threshold and the new one's must sign
+    (old owners sign with `sign --ledger DIR`)."""
+    keys = [parse_key(o) for o in owners]
+    _edit(file, lambda c: ct.set_owners(c, keys, threshold))
+
+
 @command.command("sign")
 @click.argument("file", type=_FILE)
 @click.option("--key-file", required=True, type=_FILE, help="The owner's key file.")
