@@ -177,6 +177,10 @@ class PeerKey:
     public_key: bytes  # Ed25519
     psk: bytes = field(default=ZERO_PSK, repr=False)
 
+    def __post_init__(self) -> None:
+        if len(self.public_key) != KEY_SIZE or len(self.psk) != KEY_SIZE:
+            raise LocalProtocolError(f"peer key and psk must be {KEY_SIZE} bytes")
+
 
 def ed25519_candidates(x25519_public: bytes) -> tuple[bytes, bytes]:
     """The two Ed25519 keys, A and -A, whose X25519 image is ``x25519_public``.
@@ -342,6 +346,8 @@ class Responder:
         Returns a ``CookieReply`` instead when ``under_load`` and mac2 is not valid
         for ``source_tag``: no peer fault (every first attempt lacks a cookie).
         """
+        if not 0 <= local_index <= 0xFFFF_FFFF:
+            raise LocalProtocolError("local index out of u32 range")
         self.cookies.check_mac1(msg)
         if under_load and not self.cookies.check_mac2(msg, source_tag, now):
             return self.cookies.create_reply(msg, source_tag, now)
@@ -394,6 +400,7 @@ class Responder:
         enc_nothing = _seal(k, b"", h)
         h = _blake2s(h + enc_nothing)
         recv, send = _kdf(c, b"", 2)
+        # mac2 stays zero: initiators send no cookie replies (they have no handshake queue).
         reply = CookieJar(s_pub).stamp(
             HandshakeResp(local_index, msg.sender_index, e_pub, enc_nothing), 0.0)
         result = HandshakeResult(local_index, msg.sender_index, send, recv, peer.public_key,

@@ -350,6 +350,12 @@ def test_caller_misuse_is_local():
         Initiator(SA, B.public_key, local_index=-1, rng=rng, clock=TimestampSource())
     with pytest.raises(LocalProtocolError):
         Initiator(SA, b"\xff" * 32, local_index=1, rng=rng, clock=TimestampSource())
+    with pytest.raises(LocalProtocolError):
+        PeerKey(A.public_key, psk=b"short")
+    ini, resp = make_pair()
+    with pytest.raises(LocalProtocolError):
+        resp.consume_init(ini.create_init(T0), now=T0, local_index=1 << 32, lookup=lookup_for(A))
+    assert resp.greatest_timestamp == {}
     with pytest.raises(LocalProtocolError):  # already stamped
         CookieJar(SB.public).stamp(make_pair()[0].create_init(T0), T0)
 
