@@ -1,0 +1,83 @@
+"""Per-peer state of the session manager (``sessions.py``): queue, handshake, PQ, stats.
+
+Invariants:
+- At most one handshake attempt per peer is in flight; a new attempt replaces the
+  old one (its index is released, a late answer to it is dropped), as WireGuard.
+- The psk slot holds the ML-KEM-derived psk of the last PQ exchange with this peer
+  (either direction), kept for ``PSK_LIFETIME`` seconds and only in memory. Both
+  ends derive the same value; whoever initiates the next handshake uses it.
+- The send queue is bounded; the oldest entry is dropped (and counted) first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass, field
+
+from .cookie import CookieJar
+from .identity import address_of
+from .noise import Initiator, noise_public_key
+from .pq import PqInitiator
+from .session_data import REJECT_AFTER_TIME
+
+REKEY_ATTEMPT_TIME = 90.0  # WireGuard: give up a handshake after 90 s of retries
+REKEY_TIMEOUT_JITTER = 0.334  # WireGuard: up to 334 ms added to each retry
+PSK_LIFETIME = REJECT_AFTER_TIME + REKEY_ATTEMPT_TIME  # a psk outlives its session's keys
+QUEUE_LIMIT = 128  # queued sends per peer while no session
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMeta:
+    """What the manager remembers of a keypair, by our local index."""
+
+    peer: bytes
+    transcript_hash: bytes = field(repr=False)
+    pq: bool
+
+
+class PeerState:
+    """One remote peer, known by its Ed25519 key. Owned by ``SessionManager``."""
+
+    __slots__ = ("key", "address", "queue", "jar", "attempt", "attempt_pq", "attempt_started",
+                 "retry_at", "last_init_at", "psk", "psk_born", "pq_exchange", "pq_hash",
+                 "pq_retry_at", "pq_tries", "first_at", "handshakes", "bytes_in", "bytes_out",
+                 "replay_drops")
+
+    def __init__(self, key: bytes, queue_limit: int = QUEUE_LIMIT) -> None:
+        self.key = key
+        self.address: ipaddress.IPv6Address = address_of(key)
+        self.queue: deque[tuple[int, bytes]] = deque(maxlen=queue_limit)
+        self.jar = CookieJar(noise_public_key(key))  # shared by successive attempts
+        self.attempt: Initiator | None = None
+        self.attempt_pq = False  # the attempt in flight uses the PQ psk
+        self.attempt_started: float | None = None  # first attempt of this series
+        self.retry_at: float | None = None
+        self.last_init_at = float("-inf")  # when our last msg1 to this peer went out
+        self.psk: bytes | None = None
+        self.psk_born = 0.0
+        self.pq_exchange: PqInitiator | None = None
+        self.pq_hash = b""  # transcript hash of the keypair the offer went out under
+        self.pq_retry_at: float | None = None
+        self.pq_tries = 0  # offers sent in the current session
+        self.first_at: float | None = None
+        self.handshakes = 0
+        self.bytes_in = self.bytes_out = self.replay_drops = 0
+
+    def enqueue(self, proto: int, payload: bytes) -> bool:
+        """Queue a send; False if the oldest entry had to go to make room."""
+        full = len(self.queue) == self.queue.maxlen
+        self.queue.append((proto, payload))
+        return not full
+
+    def valid_psk(self, now: float) -> bytes | None:
+        if self.psk is not None and now - self.psk_born >= PSK_LIFETIME:
+            self.psk = None
+        return self.psk
+
+    def set_psk(self, psk: bytes, now: float) -> None:
+        self.psk, self.psk_born = psk, now
+
+    def __repr__(self) -> str:
+        return (f"PeerState(peer={self.key[:4].hex()}, queued={len(self.queue)}, "
+                f"handshakes={self.handshakes}, psk=<redacted>)")

@@ -1,0 +1,505 @@
+"""End-to-end session manager: Noise IKpsk2 handshakes, PQ-PSK rekeys, transport, DoS guard.
+
+One ``SessionManager`` per node, owned by the overlay agent (one thread). Driven by
+``handle(SendPlain | SessionFrameIn, now)``, ``on_timer(now)`` at ``next_deadline()``,
+and ``sessions(now)`` for ``sporenet sessions``. Actions out: ``SendSessionFrame``
+(route over the overlay), ``DeliverPlain`` (to the local overlay), ``SendFailed`` and
+``Publish(SessionEstablished | SessionClosed)``.
+
+Rules (issue [3/7], security.md §1-3, WireGuard whitepaper §5-6):
+- Static keys authenticate only; every keypair comes from fresh ephemerals.
+- The responder re-checks on every handshake that the initiator's static key owns the
+  claimed source address (``noise.lookup_by_address``), then asks ``accept(key)``.
+- A valid msg1 never tears down a working session: the new keypair waits in ``next``
+  until the initiator's first data frame under it (``KeyRing.install``).
+- Initiator: retries every Rekey-Timeout (5 s + up to 334 ms jitter), gives up after
+  Rekey-Attempt-Time (90 s) and fails its queue; rekeys on send after Rekey-After-Time
+  (120 s), and on receive once its keypair is 165 s old (WireGuard).
+- PQ (on by default): after every handshake its initiator sends a ``PqOffer`` inside
+  the new session; the answer yields a psk for the next handshake. A classical session
+  is rekeyed with it at once; a PQ one keeps it for the next 120 s rekey, so every
+  epoch gets its own ML-KEM secret. Initiator indices carry a psk hint in their low
+  bit; a response that fails under a psk (the peer lost it) makes the initiator retry
+  at once without one. ``pq_required`` holds application data, both ways, until the
+  keypair in use comes from a PQ psk.
+- Flood: mac1 before queueing (no DH), per-link bucket, bounded queue, at most
+  ``guard.budget`` initiations answered per ``on_timer``; under load, cookies (mac2)
+  then a per-source bucket (``session_guard.py``). Every drop is counted in ``counters``.
+- Sans-IO: ``rng`` (a ``random.Random``; production passes ``random.SystemRandom()``)
+  gives ephemerals, indices, jitter, cookie secrets and ML-KEM seeds. ``now`` is
+  seconds; ``wall_offset`` + ``now`` must be Unix time for the TAI64N stamps.
+  Keys live only in memory and never reach a repr, log or error message.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Callable
+
+from . import wire
+from .base import Action, Event, Publish
+from .cookie import BadMac1, HandshakeRejected
+from .errors import DecodeError, LocalProtocolError
+from .identity import Identity
+from .noise import (INITIATION_MIN_INTERVAL, ZERO_PSK, DecryptFailed, Dh, Initiator, PeerKey,
+                    Responded, Responder, StaticKey, TimestampSource, lookup_by_address, x25519)
+from .pq import (BadPqOffer, PqAnswer, PqInitiator, PqOffer, answer_offer, mlkem_available,
+                 require_mlkem)
+from .session_data import (KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, FrameRejected,
+                           KeyRing, KeypairExpired, NoKeypair, ReleaseIndex, ReplayedFrame,
+                           SendKeepalive, parse_header)
+from .session_events import (DATA_TYPE, INNER_APP, INNER_PQ_ANSWER, INNER_PQ_OFFER,
+                             DeliverPlain, SendFailed, SendPlain, SendSessionFrame,
+                             SessionClosed, SessionEstablished, SessionFrameIn, SessionRow)
+from .session_guard import HandshakeGuard, PendingInit
+from .session_messages import CookieReply, HandshakeInit, HandshakeResp
+from .session_peer import (QUEUE_LIMIT, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT_JITTER, KeyMeta,
+                           PeerState)
+
+REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 165 s
+INIT_SPACING = 2 * INITIATION_MIN_INTERVAL  # margin for jitter between our sends and arrival
+PQ_TRIES = 3  # offers per session (one each Rekey-Timeout) before staying classical
+
+
+class SessionManager:
+    """All end-to-end sessions of one node; see the module docstring."""
+
+    def __init__(self, identity: Identity, *, rng: random.Random, pq: bool = True,
+                 pq_required: bool = False, accept: Callable[[bytes], bool] | None = None,
+                 dh: Dh = x25519, queue_limit: int = QUEUE_LIMIT, wall_offset: float = 0.0,
+                 guard: HandshakeGuard | None = None,
+                 timestamps: TimestampSource | None = None) -> None:
+        if pq_required:
+            require_mlkem()  # a hard error: the contract demands what this node lacks
+        self.public_key = identity.public_key
+        self.static = StaticKey(identity)
+        self.pq = (pq or pq_required) and mlkem_available()
+        self.pq_required = pq_required
+        self.keyring = KeyRing()
+        self.guard = guard if guard is not None else HandshakeGuard()
+        self.counters: Counter[str] = Counter()
+        self._rng, self._dh, self._accept = rng, dh, accept
+        self._responder = Responder(self.static, rng=rng.randbytes, dh=dh)
+        self._timestamps = timestamps if timestamps is not None else TimestampSource()
+        self._wall_offset, self._queue_limit = wall_offset, queue_limit
+        self._peers: dict[bytes, PeerState] = {}
+        self._pending: dict[int, bytes] = {}  # index of an attempt in flight -> peer key
+        self._meta: dict[int, KeyMeta] = {}  # local index of a live keypair
+        self._indices: set[int] = set()  # every local index in use
+        self._frame_handlers = {HandshakeInit.TYPE: self._init_in,
+                                HandshakeResp.TYPE: self._resp_in,
+                                CookieReply.TYPE: self._cookie_in}
+
+    # -- sans-IO shape ---------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        match event:
+            case SendPlain():
+                return self._send_plain(event, now)
+            case SessionFrameIn():
+                return self._frame_in(event, now)
+        raise LocalProtocolError(f"SessionManager cannot handle {type(event).__name__}")
+
+    def next_deadline(self) -> float | None:
+        times = [self.keyring.next_deadline(), self.guard.oldest()]
+        for p in self._peers.values():
+            times += [p.retry_at, p.pq_retry_at]
+        return min((t for t in times if t is not None), default=None)
+
+    def on_timer(self, now: float) -> list[Action]:
+        acts: list[Action] = []
+        work = handled = 0
+        while self.guard and work < self.guard.budget and handled < self.guard.cheap_budget:
+            answer, did_dh = self._answer(self.guard.pop(), now)
+            acts += answer
+            work, handled = work + did_dh, handled + 1
+        acts += self._keyring_actions(self.keyring.on_timer(now), now)
+        for peer in list(self._peers.values()):
+            if peer.retry_at is not None and now >= peer.retry_at:
+                acts += self._retry(peer, now)
+            if peer.pq_retry_at is not None and now >= peer.pq_retry_at:
+                acts += self._offer_pq(peer, now)
+        return acts
+
+    # -- API -------------------------------------------------------------------------
+
+    def sessions(self, now: float) -> list[SessionRow]:
+        rows = []
+        for p in self._peers.values():
+            _, cur, _ = self.keyring.keypairs(p.key)
+            meta = self._meta.get(cur.local_index) if cur is not None else None
+            pq = meta is not None and meta.pq
+            if cur is None:
+                state = "handshake"
+            else:
+                state = "pq_pending" if self.pq_required and not pq else "established"
+            rows.append(SessionRow(
+                p.key, str(p.address), state, 0.0 if p.first_at is None else now - p.first_at,
+                None if cur is None else now - cur.created, max(0, p.handshakes - 1),
+                p.bytes_in, p.bytes_out, p.replay_drops, pq,
+                None if cur is None else cur.initiator, len(p.queue)))
+        return rows
+
+    def remove_peer(self, peer: bytes) -> list[Action]:
+        """Forget ``peer`` (revoked by the contract): keys, queue, psk, attempt."""
+        state = self._peers.pop(peer, None)
+        if state is not None:
+            self._drop_attempt(state)
+        return self._keyring_actions(self.keyring.remove_peer(peer), 0.0)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _peer(self, key: bytes) -> PeerState:
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = self._peers[key] = PeerState(key, self._queue_limit)
+        return peer
+
+    def _send_plain(self, ev: SendPlain, now: float) -> list[Action]:
+        if ev.peer == self.public_key:
+            raise LocalProtocolError("no session with ourselves")
+        if not 0 <= ev.proto <= 0xFF:
+            raise LocalProtocolError(f"overlay proto {ev.proto} out of u8 range")
+        peer = self._peer(ev.peer)
+        acts: list[Action] = []
+        if not peer.queue and self._sendable(peer, now):
+            acts += self._seal_app(peer, ev.proto, ev.payload, now)
+        else:
+            self._enqueue(peer, ev.proto, ev.payload)
+        if peer.attempt is None and self.keyring.rekey_due(peer.key, now):
+            acts += self._start_handshake(peer, now)
+        return acts
+
+    def _enqueue(self, peer: PeerState, proto: int, payload: bytes) -> None:
+        if not peer.enqueue(proto, payload):
+            self.counters["queue_dropped"] += 1
+
+    def _current_meta(self, peer: PeerState, now: float) -> KeyMeta | None:
+        _, cur, _ = self.keyring.keypairs(peer.key)
+        if cur is None or now - cur.created >= REJECT_AFTER_TIME:
+            return None
+        return self._meta.get(cur.local_index)
+
+    def _sendable(self, peer: PeerState, now: float) -> bool:
+        meta = self._current_meta(peer, now)
+        return meta is not None and (meta.pq or not self.pq_required)
+
+    def _seal(self, peer: PeerState, plaintext: bytes, now: float) -> list[Action]:
+        frame = self.keyring.seal(peer.key, plaintext, now)
+        return [SendSessionFrame.of(peer.address, frame)]
+
+    def _seal_app(self, peer: PeerState, proto: int, payload: bytes,
+                  now: float) -> list[Action]:
+        try:
+            acts = self._seal(peer, bytes((INNER_APP, proto)) + payload, now)
+        except (NoKeypair, KeypairExpired):
+            self._enqueue(peer, proto, payload)
+            return []
+        peer.bytes_out += len(payload)
+        return acts
+
+    def _flush(self, peer: PeerState, now: float) -> list[Action]:
+        acts: list[Action] = []
+        while peer.queue and self._sendable(peer, now):
+            proto, payload = peer.queue.popleft()
+            acts += self._seal_app(peer, proto, payload, now)
+        return acts
+
+    # -- initiator -------------------------------------------------------------------
+
+    def _new_index(self, hint: int | None = None) -> int:
+        while True:
+            index = self._rng.getrandbits(32)
+            if hint is not None:
+                index = (index & ~1) | hint  # initiators: low bit = "I use the PQ psk"
+            if index not in self._indices:
+                self._indices.add(index)
+                return index
+
+    def _drop_attempt(self, peer: PeerState) -> None:
+        if peer.attempt is not None:
+            self._pending.pop(peer.attempt.local_index, None)
+            self._indices.discard(peer.attempt.local_index)
+            peer.attempt = None
+
+    def _start_handshake(self, peer: PeerState, now: float, *,
+                         classical: bool = False) -> list[Action]:
+        if now < peer.last_init_at + INIT_SPACING:
+            # The responder refuses a second msg1 within 1/50 s (noise.InitiationFlood):
+            # a PQ rekey one short RTT after the first handshake waits a moment.
+            peer.retry_at = peer.last_init_at + INIT_SPACING
+            if peer.attempt_started is None:
+                peer.attempt_started = now
+            return []
+        self._drop_attempt(peer)
+        peer.last_init_at = now
+        psk = None if classical or not self.pq else peer.valid_psk(now)
+        index = self._new_index(hint=int(psk is not None))
+        ini = Initiator(self.static, peer.key, local_index=index, rng=self._rng.randbytes,
+                        clock=self._timestamps, psk=psk or ZERO_PSK, cookies=peer.jar,
+                        dh=self._dh)
+        msg = ini.create_init(now + self._wall_offset)
+        peer.attempt, peer.attempt_pq = ini, psk is not None
+        self._pending[index] = peer.key
+        if peer.attempt_started is None:
+            peer.attempt_started = now
+        peer.retry_at = now + REKEY_TIMEOUT + self._rng.uniform(0, REKEY_TIMEOUT_JITTER)
+        self.counters["handshake_sent"] += 1
+        return [SendSessionFrame.of(peer.address, wire.encode_frame(msg))]
+
+    def _retry(self, peer: PeerState, now: float) -> list[Action]:
+        started = peer.attempt_started if peer.attempt_started is not None else now
+        if now - started < REKEY_ATTEMPT_TIME:
+            return self._start_handshake(peer, now)
+        self._drop_attempt(peer)
+        peer.retry_at = peer.attempt_started = None
+        dropped = len(peer.queue)
+        peer.queue.clear()
+        self.counters["handshake_gave_up"] += 1
+        acts: list[Action] = [SendFailed(peer.key, dropped, "handshake timed out")]
+        if not any(self.keyring.keypairs(peer.key)):
+            del self._peers[peer.key]
+        return acts
+
+    def _resp_in(self, msg: HandshakeResp, ev: SessionFrameIn, now: float) -> list[Action]:
+        key = self._pending.get(msg.receiver_index)
+        peer = self._peers.get(key) if key is not None else None
+        if peer is None or peer.attempt is None:
+            self.counters["resp_unknown_index"] += 1
+            return []
+        try:
+            result = peer.attempt.consume_response(msg)
+        except HandshakeRejected as exc:
+            self.counters[f"resp_{type(exc).__name__}"] += 1
+            if isinstance(exc, DecryptFailed) and peer.attempt_pq:
+                # The peer answered under another psk (it lost ours): go classical now.
+                peer.psk = None
+                return self._start_handshake(peer, now, classical=True)
+            return []
+        del self._pending[msg.receiver_index]
+        used_pq = peer.attempt_pq
+        peer.attempt, peer.retry_at, peer.attempt_started = None, None, None
+        acts = self._install(result, now, pq=used_pq)
+        peer.pq_tries = 0
+        sent = self._offer_pq(peer, now) if self.pq else []
+        sent += self._flush(peer, now)
+        if not sent:  # confirm our keys to the responder (WireGuard sends a keepalive)
+            sent = self._seal(peer, b"", now)
+        return acts + sent
+
+    def _cookie_in(self, msg: CookieReply, ev: SessionFrameIn, now: float) -> list[Action]:
+        key = self._pending.get(msg.receiver_index)
+        peer = self._peers.get(key) if key is not None else None
+        if peer is None or peer.attempt is None:
+            self.counters["cookie_unknown_index"] += 1
+            return []
+        try:
+            peer.attempt.consume_cookie(msg, now + self._wall_offset)
+        except HandshakeRejected as exc:
+            self.counters[f"cookie_{type(exc).__name__}"] += 1
+            return []
+        self.counters["cookie_received"] += 1
+        return []  # the next retry (Rekey-Timeout) carries mac2, as WireGuard
+
+    # -- PQ --------------------------------------------------------------------------
+
+    def _offer_pq(self, peer: PeerState, now: float) -> list[Action]:
+        meta = self._current_meta(peer, now)
+        peer.pq_retry_at = None
+        if meta is None or peer.pq_tries >= PQ_TRIES:
+            self.counters["pq_gave_up"] += meta is not None
+            peer.pq_exchange = None
+            return []
+        peer.pq_tries += 1
+        peer.pq_exchange = PqInitiator(seed=self._rng.randbytes(64))
+        peer.pq_hash = meta.transcript_hash
+        peer.pq_retry_at = now + REKEY_TIMEOUT
+        self.counters["pq_offer_sent"] += 1
+        return self._seal(peer, bytes((INNER_PQ_OFFER,)) + peer.pq_exchange.offer().ek, now)
+
+    def _pq_offer_in(self, peer: PeerState, meta: KeyMeta, body: bytes,
+                     now: float) -> list[Action]:
+        if not self.pq:
+            self.counters["pq_offer_ignored"] += 1
+            return []
+        try:
+            answer, psk = answer_offer(PqOffer(body), meta.transcript_hash)
+        except (BadPqOffer, LocalProtocolError):
+            self.counters["pq_bad_offer"] += 1
+            return []
+        peer.set_psk(bytes(psk), now)
+        return self._seal(peer, bytes((INNER_PQ_ANSWER,)) + answer.ct, now)
+
+    def _pq_answer_in(self, peer: PeerState, body: bytes, now: float) -> list[Action]:
+        exchange = peer.pq_exchange
+        if exchange is None:
+            self.counters["pq_unexpected_answer"] += 1
+            return []
+        try:
+            answer = PqAnswer(body)
+        except LocalProtocolError:
+            self.counters["pq_bad_answer"] += 1
+            return []
+        peer.set_psk(bytes(exchange.finish(answer, peer.pq_hash)), now)
+        peer.pq_exchange, peer.pq_retry_at = None, None
+        self.counters["pq_exchanges"] += 1
+        meta = self._current_meta(peer, now)
+        if meta is not None and not meta.pq:
+            return self._start_handshake(peer, now)  # the immediate PQ rekey
+        return []
+
+    # -- responder -------------------------------------------------------------------
+
+    def _frame_in(self, ev: SessionFrameIn, now: float) -> list[Action]:
+        frame = ev.frame
+        if len(frame) < wire.HEADER_SIZE or frame[0] != wire.VERSION:
+            self.counters["malformed"] += 1
+            return []
+        if frame[1] == DATA_TYPE:
+            return self._data_in(ev, now)
+        handler = self._frame_handlers.get(frame[1])
+        if handler is None:
+            self.counters["unexpected_type"] += 1
+            return []
+        try:
+            msg = wire.decode_frame(frame)
+        except DecodeError:
+            self.counters["malformed"] += 1
+            return []
+        return handler(msg, ev, now)
+
+    def _init_in(self, msg: HandshakeInit, ev: SessionFrameIn, now: float) -> list[Action]:
+        try:
+            self._responder.cookies.check_mac1(msg)  # one BLAKE2s; no DH before this
+        except BadMac1:
+            self.counters["init_bad_mac1"] += 1
+            return []
+        item = PendingInit(msg, ev.ingress, ev.src_address, now)
+        if not self.guard.allow_link(item, now):
+            self.counters["init_rate_link"] += 1
+        elif not self.guard.offer(item):
+            self.counters["init_queue_full"] += 1
+        return []
+
+    def _answer(self, item: PendingInit, now: float) -> tuple[list[Action], bool]:
+        """Answer one queued msg1; the flag says whether it cost DH work."""
+        msg = item.msg
+        if self.guard.under_load(now):
+            cookies = self._responder.cookies
+            if not cookies.check_mac2(msg, item.source_tag, now):
+                self.counters["cookie_sent"] += 1
+                reply = cookies.create_reply(msg, item.source_tag, now)
+                return [SendSessionFrame.of(item.src_address, wire.encode_frame(reply))], False
+            if not self.guard.allow_source(item, now):
+                self.counters["init_rate_source"] += 1
+                return [], False
+        use_psk = bool(msg.sender_index & 1) and self.pq
+        by_address = lookup_by_address(item.src_address)
+
+        def lookup(s_pub: bytes) -> PeerKey | None:
+            found = by_address(s_pub)
+            if found is None or (self._accept is not None and not self._accept(found.public_key)):
+                return None
+            peer = self._peers.get(found.public_key)
+            psk = peer.valid_psk(now) if use_psk and peer is not None else None
+            return PeerKey(found.public_key, psk or ZERO_PSK)
+
+        index = self._new_index()
+        try:
+            out = self._responder.consume_init(msg, now=now, local_index=index, lookup=lookup,
+                                               claimed_address=item.src_address)
+        except HandshakeRejected as exc:
+            self._indices.discard(index)
+            self.counters[f"init_{type(exc).__name__}"] += 1
+            return [], True
+        assert isinstance(out, Responded)  # under_load was False: never a cookie reply
+        peer = self._peer(out.result.remote_public_key)
+        pq = use_psk and peer.valid_psk(now) is not None
+        acts = self._install(out.result, now, pq=pq)
+        self.counters["init_answered"] += 1
+        return acts + [SendSessionFrame.of(item.src_address, wire.encode_frame(out.reply))], True
+
+    # -- keys ------------------------------------------------------------------------
+
+    def _install(self, result, now: float, *, pq: bool) -> list[Action]:
+        peer = self._peer(result.remote_public_key)
+        self._meta[result.local_index] = KeyMeta(peer.key, result.transcript_hash, pq)
+        acts = self._keyring_actions(self.keyring.install(result, now), now)
+        if peer.first_at is None:
+            peer.first_at = now
+        peer.handshakes += 1
+        self.counters["handshakes"] += 1
+        return acts + [Publish(SessionEstablished(peer.key, result.initiator, pq,
+                                                  peer.handshakes - 1))]
+
+    def _keyring_actions(self, actions: list[Action], now: float) -> list[Action]:
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, ReleaseIndex):
+                self._indices.discard(a.local_index)
+                meta = self._meta.pop(a.local_index, None)
+                if meta is not None:
+                    out += self._maybe_closed(meta.peer)
+            elif isinstance(a, SendKeepalive):
+                peer = self._peers.get(a.peer)
+                if peer is not None and self._current_meta(peer, now) is not None:
+                    out += self._seal(peer, b"", now)
+            else:
+                out.append(a)
+        return out
+
+    def _maybe_closed(self, key: bytes) -> list[Action]:
+        peer = self._peers.get(key)
+        if peer is None or any(self.keyring.keypairs(key)):
+            return []
+        if peer.attempt is None and not peer.queue:
+            del self._peers[key]
+        return [Publish(SessionClosed(key, "expired"))]
+
+    def _data_in(self, ev: SessionFrameIn, now: float) -> list[Action]:
+        try:
+            index, _ = parse_header(ev.frame)
+        except DecodeError:
+            self.counters["malformed"] += 1
+            return []
+        meta = self._meta.get(index)
+        try:
+            key, plaintext = self.keyring.open(ev.frame, now)
+        except (FrameRejected, DecodeError) as exc:
+            self.counters[f"data_{type(exc).__name__}"] += 1
+            if isinstance(exc, ReplayedFrame) and meta is not None and meta.peer in self._peers:
+                self._peers[meta.peer].replay_drops += 1
+            return []
+        assert meta is not None  # the ring found the keypair, so we recorded it
+        peer = self._peer(key)
+        acts = self._dispatch(peer, meta, plaintext, now)
+        acts += self._flush(peer, now)
+        _, cur, _ = self.keyring.keypairs(key)
+        if (cur is not None and cur.initiator and peer.attempt is None
+                and now - cur.created >= REKEY_ON_RECEIVE_AGE):
+            acts += self._start_handshake(peer, now)  # WireGuard: rekey on receive
+        return acts
+
+    def _dispatch(self, peer: PeerState, meta: KeyMeta, plaintext: bytes,
+                  now: float) -> list[Action]:
+        if not plaintext:
+            self.counters["keepalive_in"] += 1
+            return []
+        kind, body = plaintext[0], plaintext[1:]
+        if kind == INNER_APP and body:
+            if self.pq_required and not meta.pq:
+                self.counters["data_pq_required"] += 1
+                return []
+            peer.bytes_in += len(body) - 1
+            return [DeliverPlain(peer.key, peer.address, body[0], body[1:])]
+        if kind == INNER_PQ_OFFER:
+            return self._pq_offer_in(peer, meta, body, now)
+        if kind == INNER_PQ_ANSWER:
+            return self._pq_answer_in(peer, body, now)
+        self.counters["data_unknown_inner"] += 1
+        return []
+
+    def __repr__(self) -> str:
+        return (f"SessionManager(peers={len(self._peers)}, keypairs={len(self.keyring)}, "
+                f"pq={self.pq}, pq_required={self.pq_required})")
