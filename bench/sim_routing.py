@@ -10,6 +10,7 @@ the git commit of the router they ran on) there.
 
     python bench/sim_routing.py                       # 1,000 nodes, idle at 100/1000/3000
     python bench/sim_routing.py --nodes 200 --idle-sizes 100,200 --cuts 5   # quicker
+    python bench/sim_routing.py --reuse --idle-sizes 100,300,1000   # add a size to the last run
 
 A size whose run exceeds ``--timeout`` seconds is killed and reported as such.
 """
@@ -96,6 +97,8 @@ def main() -> int:
                    help="simulated s after convergence: the loss estimate needs probes")
     p.add_argument("--idle-sizes", default="100,1000,3000")
     p.add_argument("--groups", default="base,lossy,regions")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the runs already in --figures/sim_routing.json, run only missing ones")
     p.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
     p.add_argument("--work", type=Path, default=Path("/tmp/sim_routing"))
     p.add_argument("--figures", type=Path, default=ROOT / "bench" / "figures")
@@ -106,9 +109,11 @@ def main() -> int:
                "router_commit": _git("log", "-1", "--format=%h", "--", "protocols/router.py"),
                "prober_commit": _git("log", "-1", "--format=%h", "--", "protocols/prober.py"),
                "nodes": args.nodes, "seed": args.seed, "degree": args.degree, "runs": {}}
+    if args.reuse and summary_path.exists():  # keep earlier runs (e.g. add an idle size)
+        summary["runs"] = json.loads(summary_path.read_text()).get("runs", {})
     wanted = args.groups.split(",")
     for group, names in GROUPS:
-        if group not in wanted:
+        if group not in wanted or summary["runs"].get(f"{group}_{args.nodes}"):
             continue
         out = args.work / f"{group}_{args.nodes}"
         report = run(args.nodes, names, out, args)
@@ -122,6 +127,7 @@ def main() -> int:
     for size in [int(x) for x in args.idle_sizes.split(",") if x]:
         key = f"base_{size}"
         report = summary["runs"].get(key)
+        report = report or summary["runs"].get(f"idle_{size}")
         if report is None:
             report = run(size, ("idle",), args.work / f"idle_{size}", args)
             summary["runs"][f"idle_{size}"] = report

@@ -19,6 +19,7 @@ Raw series (timelines, per-event times) are under keys ending in ``_series``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import resource
@@ -32,6 +33,7 @@ from .metrics import percentiles, shortest_paths
 from .routing import RoutingSim, build_routing_sim, make_topology
 from .topology import Topology, TopologyEvent
 
+log = logging.getLogger(__name__)  # progress of long runs (the CLI shows INFO)
 SCENARIOS = ("converge", "idle", "join", "cut", "churn", "lossy", "regions")
 
 
@@ -84,6 +86,7 @@ def converge_until(sim: RoutingSim, cfg: Config, *, stable: int = 3) -> tuple[fl
         sim.clock.run_until(sim.clock.now + cfg.sample_every)
         s = sim.sample()
         timeline.append((s.t, s.reachability, s.loops))
+        log.info("t=%.1f reachability %.4f loops %d", s.t, s.reachability, s.loops)
         run = run + 1 if s.reachability >= 1.0 else 0
         if run >= stable:
             return timeline[-stable][0] - start, timeline
@@ -150,6 +153,8 @@ def churn(ctx: Context) -> dict[str, object]:
     while sim.clock.now < t0 + cfg.churn_window_s + 20.0:  # and 20 s to recover
         sim.clock.run_until(sim.clock.now + cfg.sample_every)
         samples.append(sim.sample())
+        log.info("churn t=%.1f reachability %.4f loops %d", samples[-1].t,
+                 samples[-1].reachability, samples[-1].loops)
     loops = [s.loops for s in samples]
     kinds: dict[str, int] = {}
     for e in sim.events:
@@ -257,6 +262,7 @@ def cut(ctx: Context) -> dict[str, object]:
                         "after_detection_s": None if rerouted is None or detect is None
                         else rerouted - detect})
         per_pair += [float(x) for x in done_at if not np.isnan(x)]
+        log.info("cut %d/%d %s: %s", len(per_cut), len(links), (a, b), per_cut[-1])
         sim.apply(TopologyEvent(sim.clock.now, "link_up", a, b))
         converge_until(sim, cfg)
         sim.clock.run_until(sim.clock.now + 2 * cfg.update_interval)

@@ -93,6 +93,9 @@ def _run_scenarios(names, out_dir: str, **config) -> None:
     from sporenet.sim.routing_plots import plot_scenarios
     from sporenet.sim.routing_scenarios import Config, run_scenarios
 
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="    %(message)s")  # per-step progress, stderr
     cfg = Config(**config)
     click.echo(f"{cfg.topology}: {cfg.nodes} nodes, seed {cfg.seed}, scenarios {', '.join(names)}")
 
