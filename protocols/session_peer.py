@@ -3,9 +3,10 @@
 Invariants:
 - At most one handshake attempt per peer is in flight; a new attempt replaces the
   old one (its index is released, a late answer to it is dropped), as WireGuard.
-- The psk slot holds the ML-KEM-derived psk of the last PQ exchange with this peer
-  (either direction), kept for ``PSK_LIFETIME`` seconds and only in memory. Both
-  ends derive the same value; whoever initiates the next handshake uses it.
+- Two psk slots hold ML-KEM-derived psks, only in memory, for ``PSK_LIFETIME``
+  seconds: ``outbound`` (from the last exchange we offered; our next initiation uses
+  it) and inbound (from the last offer we answered; we answer the peer's next
+  initiation with it). The peer holds the same two values, mirrored.
 - The send queue is bounded; the oldest entry is dropped (and counted) first.
 """
 
@@ -19,7 +20,8 @@ from .cookie import CookieJar
 from .identity import address_of
 from .noise import Initiator, noise_public_key
 from .pq import PqInitiator
-from .session_data import REJECT_AFTER_TIME
+from .session_data import REJECT_AFTER_TIME, Keypair
+from .session_events import SessionRow
 
 REKEY_ATTEMPT_TIME = 90.0  # WireGuard: give up a handshake after 90 s of retries
 REKEY_TIMEOUT_JITTER = 0.334  # WireGuard: up to 334 ms added to each retry
@@ -40,7 +42,7 @@ class PeerState:
     """One remote peer, known by its Ed25519 key. Owned by ``SessionManager``."""
 
     __slots__ = ("key", "address", "queue", "jar", "attempt", "attempt_pq", "attempt_started",
-                 "retry_at", "last_init_at", "psk", "psk_born", "pq_exchange", "pq_hash",
+                 "retry_at", "last_init_at", "_psks", "pq_exchange", "pq_hash",
                  "pq_retry_at", "pq_tries", "first_at", "handshakes", "bytes_in", "bytes_out",
                  "replay_drops")
 
@@ -53,9 +55,8 @@ class PeerState:
         self.attempt_pq = False  # the attempt in flight uses the PQ psk
         self.attempt_started: float | None = None  # first attempt of this series
         self.retry_at: float | None = None
-        self.last_init_at = float("-inf")  # when our last msg1 to this peer went out
-        self.psk: bytes | None = None
-        self.psk_born = 0.0
+        self.last_init_at = float("-inf")  # our last msg1 went out, or its answer came
+        self._psks: dict[bool, tuple[bytes, float]] = {}  # outbound? -> (psk, born)
         self.pq_exchange: PqInitiator | None = None
         self.pq_hash = b""  # transcript hash of the keypair the offer went out under
         self.pq_retry_at: float | None = None
@@ -70,13 +71,33 @@ class PeerState:
         self.queue.append((proto, payload))
         return not full
 
-    def valid_psk(self, now: float) -> bytes | None:
-        if self.psk is not None and now - self.psk_born >= PSK_LIFETIME:
-            self.psk = None
-        return self.psk
+    def valid_psk(self, outbound: bool, now: float) -> bytes | None:
+        """The psk for our initiations (``outbound``) or for answering the peer's."""
+        slot = self._psks.get(outbound)
+        if slot is None or now - slot[1] >= PSK_LIFETIME:
+            self._psks.pop(outbound, None)
+            return None
+        return slot[0]
 
-    def set_psk(self, psk: bytes, now: float) -> None:
-        self.psk, self.psk_born = psk, now
+    def set_psk(self, outbound: bool, psk: bytes, now: float) -> None:
+        self._psks[outbound] = (psk, now)
+
+    def forget_psk(self, outbound: bool) -> None:
+        self._psks.pop(outbound, None)
+
+    def row(self, current: Keypair | None, meta: KeyMeta | None, pq_required: bool,
+            now: float) -> SessionRow:
+        pq = meta is not None and meta.pq
+        if current is None:
+            state = "handshake"
+        else:
+            state = "pq_pending" if pq_required and not pq else "established"
+        return SessionRow(
+            self.key, str(self.address), state,
+            0.0 if self.first_at is None else now - self.first_at,
+            None if current is None else now - current.created, max(0, self.handshakes - 1),
+            self.bytes_in, self.bytes_out, self.replay_drops, pq,
+            None if current is None else current.initiator, len(self.queue))
 
     def __repr__(self) -> str:
         return (f"PeerState(peer={self.key[:4].hex()}, queued={len(self.queue)}, "

@@ -39,27 +39,27 @@ from typing import Callable
 
 from . import wire
 from .base import Action, Event, Publish
-from .cookie import BadMac1, HandshakeRejected
+from .cookie import HandshakeRejected
 from .errors import DecodeError, LocalProtocolError
 from .identity import Identity
-from .noise import (INITIATION_MIN_INTERVAL, ZERO_PSK, DecryptFailed, Dh, Initiator, PeerKey,
-                    Responded, Responder, StaticKey, TimestampSource, lookup_by_address, x25519)
-from .pq import (BadPqOffer, PqAnswer, PqInitiator, PqOffer, answer_offer, mlkem_available,
-                 require_mlkem)
+from .noise import (INITIATION_MIN_INTERVAL, ZERO_PSK, DecryptFailed, Dh, HandshakeResult,
+                    Initiator, StaticKey, TimestampSource, x25519)
+from .pq import mlkem_available, require_mlkem
 from .session_data import (KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, FrameRejected,
                            KeyRing, KeypairExpired, NoKeypair, ReleaseIndex, ReplayedFrame,
                            SendKeepalive, parse_header)
 from .session_events import (DATA_TYPE, INNER_APP, INNER_PQ_ANSWER, INNER_PQ_OFFER,
                              DeliverPlain, SendFailed, SendPlain, SendSessionFrame,
-                             SessionClosed, SessionEstablished, SessionFrameIn, SessionRow)
+                             SessionClosed, SessionEstablished, SessionFrameIn)
 from .session_guard import HandshakeGuard, PendingInit
+from .session_pq import make_offer, take_answer, take_offer
+from .session_responder import InitiationDesk
 from .session_messages import CookieReply, HandshakeInit, HandshakeResp
 from .session_peer import (QUEUE_LIMIT, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT_JITTER, KeyMeta,
-                           PeerState)
+                           PeerState, SessionRow)
 
 REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 165 s
 INIT_SPACING = 2 * INITIATION_MIN_INTERVAL  # margin for jitter between our sends and arrival
-PQ_TRIES = 3  # offers per session (one each Rekey-Timeout) before staying classical
 
 
 class SessionManager:
@@ -79,15 +79,16 @@ class SessionManager:
         self.keyring = KeyRing()
         self.guard = guard if guard is not None else HandshakeGuard()
         self.counters: Counter[str] = Counter()
-        self._rng, self._dh, self._accept = rng, dh, accept
-        self._responder = Responder(self.static, rng=rng.randbytes, dh=dh)
+        self._rng, self._dh = rng, dh
+        self._desk = InitiationDesk(self.static, rng=rng, dh=dh, guard=self.guard,
+                                    counters=self.counters, accept=accept)
         self._timestamps = timestamps if timestamps is not None else TimestampSource()
         self._wall_offset, self._queue_limit = wall_offset, queue_limit
         self._peers: dict[bytes, PeerState] = {}
         self._pending: dict[int, bytes] = {}  # index of an attempt in flight -> peer key
         self._meta: dict[int, KeyMeta] = {}  # local index of a live keypair
         self._indices: set[int] = set()  # every local index in use
-        self._frame_handlers = {HandshakeInit.TYPE: self._init_in,
+        self._frame_handlers = {HandshakeInit.TYPE: self._desk.arrive,
                                 HandshakeResp.TYPE: self._resp_in,
                                 CookieReply.TYPE: self._cookie_in}
 
@@ -125,20 +126,12 @@ class SessionManager:
     # -- API -------------------------------------------------------------------------
 
     def sessions(self, now: float) -> list[SessionRow]:
+        """One row per peer with keys or a handshake under way (``sporenet sessions``)."""
         rows = []
         for p in self._peers.values():
             _, cur, _ = self.keyring.keypairs(p.key)
             meta = self._meta.get(cur.local_index) if cur is not None else None
-            pq = meta is not None and meta.pq
-            if cur is None:
-                state = "handshake"
-            else:
-                state = "pq_pending" if self.pq_required and not pq else "established"
-            rows.append(SessionRow(
-                p.key, str(p.address), state, 0.0 if p.first_at is None else now - p.first_at,
-                None if cur is None else now - cur.created, max(0, p.handshakes - 1),
-                p.bytes_in, p.bytes_out, p.replay_drops, pq,
-                None if cur is None else cur.initiator, len(p.queue)))
+            rows.append(p.row(cur, meta, self.pq_required, now))
         return rows
 
     def remove_peer(self, peer: bytes) -> list[Action]:
@@ -163,10 +156,12 @@ class SessionManager:
             raise LocalProtocolError(f"overlay proto {ev.proto} out of u8 range")
         peer = self._peer(ev.peer)
         acts: list[Action] = []
-        if not peer.queue and self._sendable(peer, now):
-            acts += self._seal_app(peer, ev.proto, ev.payload, now)
-        else:
+        sent = self._seal_app(peer, ev.proto, ev.payload, now) if (
+            not peer.queue and self._sendable(peer, now)) else None
+        if sent is None:
             self._enqueue(peer, ev.proto, ev.payload)
+        else:
+            acts += sent
         if peer.attempt is None and self.keyring.rekey_due(peer.key, now):
             acts += self._start_handshake(peer, now)
         return acts
@@ -186,24 +181,32 @@ class SessionManager:
         return meta is not None and (meta.pq or not self.pq_required)
 
     def _seal(self, peer: PeerState, plaintext: bytes, now: float) -> list[Action]:
-        frame = self.keyring.seal(peer.key, plaintext, now)
+        """Control plaintext (keepalive, PQ) under the current keypair, if any is usable."""
+        try:
+            frame = self.keyring.seal(peer.key, plaintext, now)
+        except (NoKeypair, KeypairExpired):
+            self.counters["seal_no_keypair"] += 1
+            return []
         return [SendSessionFrame.of(peer.address, frame)]
 
     def _seal_app(self, peer: PeerState, proto: int, payload: bytes,
-                  now: float) -> list[Action]:
+                  now: float) -> list[Action] | None:
+        """Application data under the current keypair; None if it cannot seal."""
         try:
-            acts = self._seal(peer, bytes((INNER_APP, proto)) + payload, now)
+            frame = self.keyring.seal(peer.key, bytes((INNER_APP, proto)) + payload, now)
         except (NoKeypair, KeypairExpired):
-            self._enqueue(peer, proto, payload)
-            return []
+            return None
         peer.bytes_out += len(payload)
-        return acts
+        return [SendSessionFrame.of(peer.address, frame)]
 
     def _flush(self, peer: PeerState, now: float) -> list[Action]:
         acts: list[Action] = []
         while peer.queue and self._sendable(peer, now):
-            proto, payload = peer.queue.popleft()
-            acts += self._seal_app(peer, proto, payload, now)
+            sent = self._seal_app(peer, *peer.queue[0], now)
+            if sent is None:
+                break
+            peer.queue.popleft()
+            acts += sent
         return acts
 
     # -- initiator -------------------------------------------------------------------
@@ -226,15 +229,15 @@ class SessionManager:
     def _start_handshake(self, peer: PeerState, now: float, *,
                          classical: bool = False) -> list[Action]:
         if now < peer.last_init_at + INIT_SPACING:
-            # The responder refuses a second msg1 within 1/50 s (noise.InitiationFlood):
-            # a PQ rekey one short RTT after the first handshake waits a moment.
+            # The responder refuses a second msg1 within 1/50 s of the last it took
+            # (noise.InitiationFlood): a PQ rekey right after a handshake waits a moment.
             peer.retry_at = peer.last_init_at + INIT_SPACING
             if peer.attempt_started is None:
                 peer.attempt_started = now
             return []
         self._drop_attempt(peer)
         peer.last_init_at = now
-        psk = None if classical or not self.pq else peer.valid_psk(now)
+        psk = None if classical or not self.pq else peer.valid_psk(True, now)
         index = self._new_index(hint=int(psk is not None))
         ini = Initiator(self.static, peer.key, local_index=index, rng=self._rng.randbytes,
                         clock=self._timestamps, psk=psk or ZERO_PSK, cookies=peer.jar,
@@ -274,12 +277,13 @@ class SessionManager:
             self.counters[f"resp_{type(exc).__name__}"] += 1
             if isinstance(exc, DecryptFailed) and peer.attempt_pq:
                 # The peer answered under another psk (it lost ours): go classical now.
-                peer.psk = None
+                peer.forget_psk(True)
                 return self._start_handshake(peer, now, classical=True)
             return []
         del self._pending[msg.receiver_index]
         used_pq = peer.attempt_pq
         peer.attempt, peer.retry_at, peer.attempt_started = None, None, None
+        peer.last_init_at = now  # the responder took our msg1 before now: space from here
         acts = self._install(result, now, pq=used_pq)
         peer.pq_tries = 0
         sent = self._offer_pq(peer, now) if self.pq else []
@@ -305,45 +309,12 @@ class SessionManager:
     # -- PQ --------------------------------------------------------------------------
 
     def _offer_pq(self, peer: PeerState, now: float) -> list[Action]:
-        meta = self._current_meta(peer, now)
-        peer.pq_retry_at = None
-        if meta is None or peer.pq_tries >= PQ_TRIES:
-            self.counters["pq_gave_up"] += meta is not None
-            peer.pq_exchange = None
-            return []
-        peer.pq_tries += 1
-        peer.pq_exchange = PqInitiator(seed=self._rng.randbytes(64))
-        peer.pq_hash = meta.transcript_hash
-        peer.pq_retry_at = now + REKEY_TIMEOUT
-        self.counters["pq_offer_sent"] += 1
-        return self._seal(peer, bytes((INNER_PQ_OFFER,)) + peer.pq_exchange.offer().ek, now)
-
-    def _pq_offer_in(self, peer: PeerState, meta: KeyMeta, body: bytes,
-                     now: float) -> list[Action]:
-        if not self.pq:
-            self.counters["pq_offer_ignored"] += 1
-            return []
-        try:
-            answer, psk = answer_offer(PqOffer(body), meta.transcript_hash)
-        except (BadPqOffer, LocalProtocolError):
-            self.counters["pq_bad_offer"] += 1
-            return []
-        peer.set_psk(bytes(psk), now)
-        return self._seal(peer, bytes((INNER_PQ_ANSWER,)) + answer.ct, now)
+        offer = make_offer(peer, self._current_meta(peer, now), self._rng, self.counters, now)
+        return self._seal(peer, offer, now) if offer is not None else []
 
     def _pq_answer_in(self, peer: PeerState, body: bytes, now: float) -> list[Action]:
-        exchange = peer.pq_exchange
-        if exchange is None:
-            self.counters["pq_unexpected_answer"] += 1
+        if not take_answer(peer, body, self.counters, now):
             return []
-        try:
-            answer = PqAnswer(body)
-        except LocalProtocolError:
-            self.counters["pq_bad_answer"] += 1
-            return []
-        peer.set_psk(bytes(exchange.finish(answer, peer.pq_hash)), now)
-        peer.pq_exchange, peer.pq_retry_at = None, None
-        self.counters["pq_exchanges"] += 1
         meta = self._current_meta(peer, now)
         if meta is not None and not meta.pq:
             return self._start_handshake(peer, now)  # the immediate PQ rekey
@@ -367,62 +338,28 @@ class SessionManager:
         except DecodeError:
             self.counters["malformed"] += 1
             return []
-        return handler(msg, ev, now)
-
-    def _init_in(self, msg: HandshakeInit, ev: SessionFrameIn, now: float) -> list[Action]:
-        try:
-            self._responder.cookies.check_mac1(msg)  # one BLAKE2s; no DH before this
-        except BadMac1:
-            self.counters["init_bad_mac1"] += 1
-            return []
-        item = PendingInit(msg, ev.ingress, ev.src_address, now)
-        if not self.guard.allow_link(item, now):
-            self.counters["init_rate_link"] += 1
-        elif not self.guard.offer(item):
-            self.counters["init_queue_full"] += 1
-        return []
+        return handler(msg, ev, now) or []
 
     def _answer(self, item: PendingInit, now: float) -> tuple[list[Action], bool]:
         """Answer one queued msg1; the flag says whether it cost DH work."""
-        msg = item.msg
-        if self.guard.under_load(now):
-            cookies = self._responder.cookies
-            if not cookies.check_mac2(msg, item.source_tag, now):
-                self.counters["cookie_sent"] += 1
-                reply = cookies.create_reply(msg, item.source_tag, now)
-                return [SendSessionFrame.of(item.src_address, wire.encode_frame(reply))], False
-            if not self.guard.allow_source(item, now):
-                self.counters["init_rate_source"] += 1
-                return [], False
-        use_psk = bool(msg.sender_index & 1) and self.pq
-        by_address = lookup_by_address(item.src_address)
-
-        def lookup(s_pub: bytes) -> PeerKey | None:
-            found = by_address(s_pub)
-            if found is None or (self._accept is not None and not self._accept(found.public_key)):
-                return None
-            peer = self._peers.get(found.public_key)
-            psk = peer.valid_psk(now) if use_psk and peer is not None else None
-            return PeerKey(found.public_key, psk or ZERO_PSK)
-
+        early = self._desk.screen(item, now)
+        if early is not None:
+            return early, False
         index = self._new_index()
-        try:
-            out = self._responder.consume_init(msg, now=now, local_index=index, lookup=lookup,
-                                               claimed_address=item.src_address)
-        except HandshakeRejected as exc:
+        out, pq = self._desk.respond(item, now, index, self._inbound_psk)
+        if out is None:
             self._indices.discard(index)
-            self.counters[f"init_{type(exc).__name__}"] += 1
             return [], True
-        assert isinstance(out, Responded)  # under_load was False: never a cookie reply
-        peer = self._peer(out.result.remote_public_key)
-        pq = use_psk and peer.valid_psk(now) is not None
         acts = self._install(out.result, now, pq=pq)
-        self.counters["init_answered"] += 1
         return acts + [SendSessionFrame.of(item.src_address, wire.encode_frame(out.reply))], True
+
+    def _inbound_psk(self, key: bytes, now: float) -> bytes | None:
+        peer = self._peers.get(key)
+        return peer.valid_psk(False, now) if peer is not None and self.pq else None
 
     # -- keys ------------------------------------------------------------------------
 
-    def _install(self, result, now: float, *, pq: bool) -> list[Action]:
+    def _install(self, result: HandshakeResult, now: float, *, pq: bool) -> list[Action]:
         peer = self._peer(result.remote_public_key)
         self._meta[result.local_index] = KeyMeta(peer.key, result.transcript_hash, pq)
         acts = self._keyring_actions(self.keyring.install(result, now), now)
@@ -494,7 +431,11 @@ class SessionManager:
             peer.bytes_in += len(body) - 1
             return [DeliverPlain(peer.key, peer.address, body[0], body[1:])]
         if kind == INNER_PQ_OFFER:
-            return self._pq_offer_in(peer, meta, body, now)
+            if not self.pq:
+                self.counters["pq_offer_ignored"] += 1
+                return []
+            answer = take_offer(peer, meta, body, self.counters, now)
+            return self._seal(peer, answer, now) if answer is not None else []
         if kind == INNER_PQ_ANSWER:
             return self._pq_answer_in(peer, body, now)
         self.counters["data_unknown_inner"] += 1

@@ -136,8 +136,8 @@ def pair(seed=1, transit=False, **kw):
     return Net((A, a), (B, b), transit=t), a, b
 
 
-def row(mgr, ident):
-    (r,) = [r for r in mgr.sessions(T0) if r.peer == ident.public_key]
+def row(mgr, ident, now=T0):
+    (r,) = [r for r in mgr.sessions(now) if r.peer == ident.public_key]
     return r
 
 
@@ -384,12 +384,31 @@ def test_lost_psk_falls_back_to_a_classical_handshake_then_pq():
     net, a, b = pair()
     net.send(A, B, b"hi")
     net.advance(1)
-    b._peers[A.public_key].psk = None  # B forgets (e.g. restarted)
+    b._peers[A.public_key].forget_psk(False)  # B lost the psk it would answer A with
     net.now += 121
     net.send(A, B, b"after")
     net.advance(1)  # rekey due: A tries with its psk, B answers without
     assert [d.payload for d in net.delivered(B)] == [b"hi", b"after"]
     assert a.counters["resp_DecryptFailed"] == 1
+    assert row(a, B).pq and row(b, A).pq
+
+
+@needs_mlkem
+def test_crossing_first_sends_both_end_up_pq():
+    net, a, b = pair()
+    net.act(A, a.handle(SendPlain(B.public_key, 1, b"from A"), net.now))
+    net.act(B, b.handle(SendPlain(A.public_key, 1, b"from B"), net.now))
+    net.pump()
+    net.advance(1)
+    assert [d.payload for d in net.delivered(B)] == [b"from A"]
+    assert [d.payload for d in net.delivered(A)] == [b"from B"]
+    assert row(a, B).pq and row(b, A).pq
+    net.now += 125  # each side's next rekey uses the psk of the exchange it offered
+    net.send(A, B, b"later A")
+    net.send(B, A, b"later B")
+    net.advance(1)
+    assert net.delivered(B)[-1].payload == b"later A" and net.delivered(A)[-1].payload == b"later B"
+    assert a.counters["resp_DecryptFailed"] == b.counters["resp_DecryptFailed"] == 0
     assert row(a, B).pq and row(b, A).pq
 
 
