@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from .base import Action, Event
 from .notices import Notice
-from .overlay_messages import Proto
+from .overlay_messages import Proto, Routed
 
 INNER_APP = 0x01
 INNER_PQ_OFFER = 0x24
@@ -55,6 +55,11 @@ class SessionFrameIn(Event):
     frame: bytes = field(repr=False)
     ingress: bytes
     src_address: ipaddress.IPv6Address
+
+    @classmethod
+    def from_routed(cls, packet: Routed, ingress: bytes) -> SessionFrameIn:
+        """The event for a ``Routed`` session packet delivered to us off ``ingress``."""
+        return cls(bytes(packet.payload), ingress, ipaddress.IPv6Address(packet.src))
 
 
 # -- actions ---------------------------------------------------------------------------

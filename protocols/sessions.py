@@ -139,7 +139,8 @@ class SessionManager:
         state = self._peers.pop(peer, None)
         if state is not None:
             self._drop_attempt(state)
-        return self._keyring_actions(self.keyring.remove_peer(peer), 0.0)
+        acts = self._keyring_actions(self.keyring.remove_peer(peer), 0.0)
+        return acts + [Publish(SessionClosed(peer, "removed"))] if state is not None else acts
 
     # -- sending ---------------------------------------------------------------------
 
@@ -278,6 +279,7 @@ class SessionManager:
             if isinstance(exc, DecryptFailed) and peer.attempt_pq:
                 # The peer answered under another psk (it lost ours): go classical now.
                 peer.forget_psk(True)
+                peer.last_init_at = now
                 return self._start_handshake(peer, now, classical=True)
             return []
         del self._pending[msg.receiver_index]

@@ -16,8 +16,10 @@ from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
 from sporenet.protocols.cookie import CookieJar
 from sporenet.protocols.errors import LocalProtocolError
+from sporenet.protocols.forwarding import DeliverLocal, Forwarder, prefix_fib
 from sporenet.protocols.identity import Identity
 from sporenet.protocols.noise import x25519
+from sporenet.protocols.overlay_messages import Proto
 from sporenet.protocols.pq import mlkem_available
 from sporenet.protocols.session_events import (DeliverPlain, SendFailed, SendPlain,
                                                SendSessionFrame, SessionClosed,
@@ -67,6 +69,7 @@ class Net:
         self.wire = deque()
         self.relayed = []  # bytes the transit forwarded
         self.captured = []  # (src identity, SendSessionFrame)
+        self.sent_at = []  # (time, src identity, SendSessionFrame)
         self.out = {ident.address: [] for ident, _ in pairs}  # non-frame actions
         self.drop = lambda src, act: False
 
@@ -77,6 +80,7 @@ class Net:
         for a in acts:
             if isinstance(a, SendSessionFrame):
                 self.wire.append((ident, a))
+                self.sent_at.append((self.now, ident, a))
             else:
                 self.out[ident.address].append(a)
 
@@ -173,6 +177,64 @@ def test_transit_forwards_only_ciphertext_and_holds_no_key():
     assert len(t.keyring) == 0 and t.sessions(net.now) == []
 
 
+def test_through_real_forwarders_the_transit_routes_ciphertext():
+    fwd = {i.node_id: Forwarder(i) for i in (A, T, B)}
+    fwd[A.node_id].set_fib(prefix_fib({B.node_id: T.node_id}))
+    fwd[B.node_id].set_fib(prefix_fib({A.node_id: T.node_id}))
+    fwd[T.node_id].set_fib(prefix_fib({A.node_id: A.node_id, B.node_id: B.node_id}))
+    mgrs = {A.node_id: manager(A, 1), B.node_id: manager(B, 2)}
+    got, on_t = [], []
+    links = deque()  # (from node, to node, Routed)
+
+    def execute(node, acts):
+        for a in acts:
+            if isinstance(a, SendSessionFrame):
+                acts2 = fwd[node].originate(a.dst_address, a.proto, a.frame)
+                links.extend((node, x.node_id, x.packet) for x in acts2)
+            elif isinstance(a, DeliverPlain):
+                got.append((node, a.payload))
+
+    execute(A.node_id, mgrs[A.node_id].handle(SendPlain(B.public_key, 1, b"via T"), T0))
+    now = T0
+    for _ in range(50):
+        while links:
+            src, dst, packet = links.popleft()
+            if dst == T.node_id:
+                on_t.append(packet)
+            for act in fwd[dst].route(packet, src, now):
+                if isinstance(act, DeliverLocal):
+                    ev = SessionFrameIn.from_routed(act.packet, src)
+                    execute(dst, mgrs[dst].handle(ev, now))
+                else:
+                    links.append((dst, act.node_id, act.packet))
+        now += 0.01
+        for node, m in mgrs.items():
+            if m.next_deadline() is not None and m.next_deadline() <= now:
+                execute(node, m.on_timer(now))
+    assert got == [(B.node_id, b"via T")]
+    assert {p.proto for p in on_t} == {Proto.SESSION_HANDSHAKE, Proto.E2E_DATA}
+    assert not any(b"via T" in p.payload for p in on_t)
+    assert fwd[T.node_id].counters["forwarded"] == len(on_t)
+
+
+def test_same_seeds_give_the_same_bytes():
+    def run():
+        net, a, b = pair(seed=7, pq=False)
+        net.send(A, B, b"x")
+        net.send(B, A, b"y")
+        return [x.frame for _, x in net.captured]
+    assert run() == run()
+
+
+def test_remove_peer_forgets_the_session():
+    net, a, b = pair(pq=False)
+    net.send(A, B, b"x")
+    acts = a.remove_peer(B.public_key)
+    assert a.sessions(net.now) == [] and len(a.keyring) == 0
+    assert [x.message for x in acts if isinstance(x, Publish)] == [
+        SessionClosed(B.public_key, "removed")]
+
+
 def test_replayed_data_frame_is_dropped_and_counted():
     net, a, b = pair()
     net.send(A, B, b"once")
@@ -198,10 +260,10 @@ def test_handshake_gives_up_after_90_s_and_fails_the_queue():
     net.drop = lambda src, act: True
     net.send(A, B, b"lost")
     net.advance(100)
-    inits = [x for s, x in net.captured if s is A and x.frame[1] == 0x20]
-    assert 17 <= len(inits) <= 19  # every 5 s + jitter for 90 s
-    gaps = [b2 - b1 for b1, b2 in zip(range(len(inits)), range(1, len(inits)))]
-    assert gaps
+    times = [t for t, s, x in net.sent_at if s is A and x.frame[1] == 0x20]
+    gaps = [t2 - t1 for t1, t2 in zip(times, times[1:])]
+    assert all(5.0 <= g <= 5.334 for g in gaps) and len(set(gaps)) > 1  # Rekey-Timeout + jitter
+    assert times[-1] - times[0] < 90 <= times[-1] - times[0] + gaps[-1]
     fails = [x for x in net.out[A.address] if isinstance(x, SendFailed)]
     assert fails == [SendFailed(B.public_key, 1, "handshake timed out")]
     assert a.counters["handshake_gave_up"] == 1 and a.sessions(net.now) == []
