@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -36,6 +37,31 @@ class KeyMeta:
     peer: bytes
     transcript_hash: bytes = field(repr=False)
     pq: bool
+
+
+class IndexPool:
+    """Our receiver indices in use (keypairs and attempts), drawn at random (WG §5.4.1)."""
+
+    __slots__ = ("_rng", "_used")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng, self._used = rng, set[int]()
+
+    def take(self, hint: int | None = None) -> int:
+        """A free u32; with ``hint``, its low bit is ``hint`` (initiators' psk flag)."""
+        while True:
+            index = self._rng.getrandbits(32)
+            if hint is not None:
+                index = (index & ~1) | hint
+            if index not in self._used:
+                self._used.add(index)
+                return index
+
+    def release(self, index: int) -> None:
+        self._used.discard(index)
+
+    def __len__(self) -> int:
+        return len(self._used)
 
 
 class PeerState:

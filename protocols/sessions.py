@@ -39,11 +39,9 @@ from typing import Callable
 
 from . import wire
 from .base import Action, Event, Publish
-from .cookie import HandshakeRejected
 from .errors import DecodeError, LocalProtocolError
 from .identity import Identity
-from .noise import (INITIATION_MIN_INTERVAL, ZERO_PSK, DecryptFailed, Dh, HandshakeResult,
-                    Initiator, StaticKey, TimestampSource, x25519)
+from .noise import Dh, HandshakeResult, StaticKey, TimestampSource, x25519
 from .pq import mlkem_available, require_mlkem
 from .session_data import (KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, FrameRejected,
                            KeyRing, KeypairExpired, NoKeypair, ReleaseIndex, ReplayedFrame,
@@ -55,11 +53,10 @@ from .session_guard import HandshakeGuard, PendingInit
 from .session_pq import make_offer, take_answer, take_offer
 from .session_responder import InitiationDesk
 from .session_messages import CookieReply, HandshakeInit, HandshakeResp
-from .session_peer import (QUEUE_LIMIT, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT_JITTER, KeyMeta,
-                           PeerState, SessionRow)
+from .session_initiator import Dialer
+from .session_peer import QUEUE_LIMIT, IndexPool, KeyMeta, PeerState, SessionRow
 
 REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 165 s
-INIT_SPACING = 2 * INITIATION_MIN_INTERVAL  # margin for jitter between our sends and arrival
 
 
 class SessionManager:
@@ -85,9 +82,11 @@ class SessionManager:
         self._timestamps = timestamps if timestamps is not None else TimestampSource()
         self._wall_offset, self._queue_limit = wall_offset, queue_limit
         self._peers: dict[bytes, PeerState] = {}
-        self._pending: dict[int, bytes] = {}  # index of an attempt in flight -> peer key
         self._meta: dict[int, KeyMeta] = {}  # local index of a live keypair
-        self._indices: set[int] = set()  # every local index in use
+        self._indices = IndexPool(rng)  # every local index in use
+        self._dialer = Dialer(self.static, rng=rng, dh=dh, timestamps=self._timestamps,
+                              wall_offset=wall_offset, indices=self._indices,
+                              counters=self.counters)
         self._frame_handlers = {HandshakeInit.TYPE: self._desk.arrive,
                                 HandshakeResp.TYPE: self._resp_in,
                                 CookieReply.TYPE: self._cookie_in}
@@ -134,11 +133,15 @@ class SessionManager:
             rows.append(p.row(cur, meta, self.pq_required, now))
         return rows
 
+    def rekey(self, peer: bytes, now: float) -> list[Action]:
+        """Start a new handshake with ``peer`` now (the current keys keep working)."""
+        return self._start_handshake(self._peer(peer), now)
+
     def remove_peer(self, peer: bytes) -> list[Action]:
         """Forget ``peer`` (revoked by the contract): keys, queue, psk, attempt."""
         state = self._peers.pop(peer, None)
         if state is not None:
-            self._drop_attempt(state)
+            self._dialer.drop(state)
         acts = self._keyring_actions(self.keyring.remove_peer(peer), 0.0)
         return acts + [Publish(SessionClosed(peer, "removed"))] if state is not None else acts
 
@@ -212,81 +215,25 @@ class SessionManager:
 
     # -- initiator -------------------------------------------------------------------
 
-    def _new_index(self, hint: int | None = None) -> int:
-        while True:
-            index = self._rng.getrandbits(32)
-            if hint is not None:
-                index = (index & ~1) | hint  # initiators: low bit = "I use the PQ psk"
-            if index not in self._indices:
-                self._indices.add(index)
-                return index
-
-    def _drop_attempt(self, peer: PeerState) -> None:
-        if peer.attempt is not None:
-            self._pending.pop(peer.attempt.local_index, None)
-            self._indices.discard(peer.attempt.local_index)
-            peer.attempt = None
-
-    def _start_handshake(self, peer: PeerState, now: float, *,
-                         classical: bool = False) -> list[Action]:
-        if now < peer.last_init_at + INIT_SPACING:
-            # The responder refuses a second msg1 within 1/50 s of the last it took
-            # (noise.InitiationFlood): a PQ rekey right after a handshake waits a moment.
-            peer.retry_at = peer.last_init_at + INIT_SPACING
-            if peer.attempt_started is None:
-                peer.attempt_started = now
-            return []
-        self._drop_attempt(peer)
-        peer.last_init_at = now
-        psk = None if classical or not self.pq else peer.valid_psk(True, now)
-        index = self._new_index(hint=int(psk is not None))
-        ini = Initiator(self.static, peer.key, local_index=index, rng=self._rng.randbytes,
-                        clock=self._timestamps, psk=psk or ZERO_PSK, cookies=peer.jar,
-                        dh=self._dh)
-        msg = ini.create_init(now + self._wall_offset)
-        peer.attempt, peer.attempt_pq = ini, psk is not None
-        self._pending[index] = peer.key
-        if peer.attempt_started is None:
-            peer.attempt_started = now
-        peer.retry_at = now + REKEY_TIMEOUT + self._rng.uniform(0, REKEY_TIMEOUT_JITTER)
-        self.counters["handshake_sent"] += 1
-        return [SendSessionFrame.of(peer.address, wire.encode_frame(msg))]
+    def _start_handshake(self, peer: PeerState, now: float) -> list[Action]:
+        return self._dialer.start(peer, now, pq=self.pq)
 
     def _retry(self, peer: PeerState, now: float) -> list[Action]:
-        started = peer.attempt_started if peer.attempt_started is not None else now
-        if now - started < REKEY_ATTEMPT_TIME:
-            return self._start_handshake(peer, now)
-        self._drop_attempt(peer)
-        peer.retry_at = peer.attempt_started = None
+        sent = self._dialer.due(peer, now, pq=self.pq)
+        if sent is not None:
+            return sent
         dropped = len(peer.queue)
         peer.queue.clear()
-        self.counters["handshake_gave_up"] += 1
-        acts: list[Action] = [SendFailed(peer.key, dropped, "handshake timed out")]
         if not any(self.keyring.keypairs(peer.key)):
             del self._peers[peer.key]
-        return acts
+        return [SendFailed(peer.key, dropped, "handshake timed out")]
 
     def _resp_in(self, msg: HandshakeResp, ev: SessionFrameIn, now: float) -> list[Action]:
-        key = self._pending.get(msg.receiver_index)
-        peer = self._peers.get(key) if key is not None else None
-        if peer is None or peer.attempt is None:
-            self.counters["resp_unknown_index"] += 1
-            return []
-        try:
-            result = peer.attempt.consume_response(msg)
-        except HandshakeRejected as exc:
-            self.counters[f"resp_{type(exc).__name__}"] += 1
-            if isinstance(exc, DecryptFailed) and peer.attempt_pq:
-                # The peer answered under another psk (it lost ours): go classical now.
-                peer.forget_psk(True)
-                peer.last_init_at = now
-                return self._start_handshake(peer, now, classical=True)
-            return []
-        del self._pending[msg.receiver_index]
-        used_pq = peer.attempt_pq
-        peer.attempt, peer.retry_at, peer.attempt_started = None, None, None
-        peer.last_init_at = now  # the responder took our msg1 before now: space from here
-        acts = self._install(result, now, pq=used_pq)
+        out = self._dialer.response(msg, now)
+        if isinstance(out, list):
+            return out
+        peer, result = out
+        acts = self._install(result, now, pq=peer.attempt_pq)
         peer.pq_tries = 0
         sent = self._offer_pq(peer, now) if self.pq else []
         sent += self._flush(peer, now)
@@ -295,18 +242,8 @@ class SessionManager:
         return acts + sent
 
     def _cookie_in(self, msg: CookieReply, ev: SessionFrameIn, now: float) -> list[Action]:
-        key = self._pending.get(msg.receiver_index)
-        peer = self._peers.get(key) if key is not None else None
-        if peer is None or peer.attempt is None:
-            self.counters["cookie_unknown_index"] += 1
-            return []
-        try:
-            peer.attempt.consume_cookie(msg, now + self._wall_offset)
-        except HandshakeRejected as exc:
-            self.counters[f"cookie_{type(exc).__name__}"] += 1
-            return []
-        self.counters["cookie_received"] += 1
-        return []  # the next retry (Rekey-Timeout) carries mac2, as WireGuard
+        self._dialer.cookie(msg, now)
+        return []
 
     # -- PQ --------------------------------------------------------------------------
 
@@ -347,10 +284,10 @@ class SessionManager:
         early = self._desk.screen(item, now)
         if early is not None:
             return early, False
-        index = self._new_index()
+        index = self._indices.take()
         out, pq = self._desk.respond(item, now, index, self._inbound_psk)
         if out is None:
-            self._indices.discard(index)
+            self._indices.release(index)
             return [], True
         acts = self._install(out.result, now, pq=pq)
         return acts + [SendSessionFrame.of(item.src_address, wire.encode_frame(out.reply))], True
@@ -376,7 +313,7 @@ class SessionManager:
         out: list[Action] = []
         for a in actions:
             if isinstance(a, ReleaseIndex):
-                self._indices.discard(a.local_index)
+                self._indices.release(a.local_index)
                 meta = self._meta.pop(a.local_index, None)
                 if meta is not None:
                     out += self._maybe_closed(meta.peer)

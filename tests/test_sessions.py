@@ -356,7 +356,7 @@ def test_fresh_init_from_the_peer_goes_to_next_and_the_old_keys_keep_working():
     _, current, _ = b.keyring.keypairs(A.public_key)
     net.drop = lambda src, act: act.frame[1] == 0x21  # B's response is lost
     net.now += 1
-    net.act(A, a._start_handshake(a._peers[B.public_key], net.now))
+    net.act(A, a.rekey(B.public_key, net.now))
     net.pump()
     _, cur2, nxt = b.keyring.keypairs(A.public_key)
     assert cur2 is current and nxt is not None
@@ -590,7 +590,7 @@ def run_handshakes(n):
     net = Net((A, a), (B, b))
     for _ in range(n):
         net.now += 0.05  # above the 50/s per-peer initiation limit
-        net.act(A, a._start_handshake(a._peer(B.public_key), net.now))
+        net.act(A, a.rekey(B.public_key, net.now))
         net.pump()
     return log_a.results, log_b.results
 
