@@ -2,9 +2,16 @@
 
 One ``SessionManager`` per node, owned by the overlay agent (one thread). Driven by
 ``handle(SendPlain | SessionFrameIn, now)``, ``on_timer(now)`` at ``next_deadline()``,
-and ``sessions(now)`` for ``sporenet sessions``. Actions out: ``SendSessionFrame``
-(route over the overlay), ``DeliverPlain`` (to the local overlay), ``SendFailed`` and
+and the API calls ``sessions(now)`` (``sporenet sessions``), ``rekey`` and
+``remove_peer``. Actions out: ``SendSessionFrame`` (route over the overlay),
+``DeliverPlain`` (to the local overlay), ``SendFailed`` and
 ``Publish(SessionEstablished | SessionClosed)``.
+
+Parts: ``KeyRing`` (``session_data.py``: keypairs, data frames, replay, expiry,
+keepalives), ``Dialer`` (``session_initiator.py``: our attempts), ``InitiationDesk``
+(``session_responder.py``: msg1s to us), ``HandshakeGuard`` (``session_guard.py``:
+queue, load, buckets), the PQ steps (``session_pq.py``) and ``PeerState``
+(``session_peer.py``: queue, psks, stats). This module routes frames between them.
 
 Rules (issue [3/7], security.md §1-3, WireGuard whitepaper §5-6):
 - Static keys authenticate only; every keypair comes from fresh ephemerals.
@@ -18,16 +25,17 @@ Rules (issue [3/7], security.md §1-3, WireGuard whitepaper §5-6):
 - PQ (on by default): after every handshake its initiator sends a ``PqOffer`` inside
   the new session; the answer yields a psk for the next handshake. A classical session
   is rekeyed with it at once; a PQ one keeps it for the next 120 s rekey, so every
-  epoch gets its own ML-KEM secret. Initiator indices carry a psk hint in their low
-  bit; a response that fails under a psk (the peer lost it) makes the initiator retry
-  at once without one. ``pq_required`` holds application data, both ways, until the
-  keypair in use comes from a PQ psk.
+  epoch gets its own ML-KEM secret. ``pq_required`` holds application data, both
+  ways, until the keypair in use comes from a PQ psk.
+- Inner plaintext of a data frame: ``type:u8 | body`` (``session_events.py``); empty
+  is a keepalive. Application data is encrypted end to end only; transit nodes
+  forward frames they cannot open.
 - Flood: mac1 before queueing (no DH), per-link bucket, bounded queue, at most
-  ``guard.budget`` initiations answered per ``on_timer``; under load, cookies (mac2)
-  then a per-source bucket (``session_guard.py``). Every drop is counted in ``counters``.
+  ``guard.budget`` DH-costing answers per ``on_timer``; under load, cookies (mac2)
+  then a per-source bucket. Every drop is counted in ``counters``.
 - Sans-IO: ``rng`` (a ``random.Random``; production passes ``random.SystemRandom()``)
   gives ephemerals, indices, jitter, cookie secrets and ML-KEM seeds. ``now`` is
-  seconds; ``wall_offset`` + ``now`` must be Unix time for the TAI64N stamps.
+  seconds; ``wall_offset + now`` must be Unix time (the TAI64N stamps of msg1).
   Keys live only in memory and never reach a repr, log or error message.
 """
 

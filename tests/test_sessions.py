@@ -24,7 +24,7 @@ from sporenet.protocols.pq import mlkem_available
 from sporenet.protocols.session_events import (DeliverPlain, SendFailed, SendPlain,
                                                SendSessionFrame, SessionClosed,
                                                SessionEstablished, SessionFrameIn)
-from sporenet.protocols.session_guard import TokenBuckets
+from sporenet.protocols.session_guard import HandshakeGuard, TokenBuckets
 from sporenet.protocols.session_messages import HandshakeInit
 from sporenet.protocols.sessions import SessionManager
 
@@ -474,6 +474,30 @@ def test_crossing_first_sends_both_end_up_pq():
     assert row(a, B).pq and row(b, A).pq
 
 
+@needs_mlkem
+def test_lost_pq_answer_is_offered_again():
+    net, a, b = pair()
+    lost = []
+    net.drop = lambda src, act: (src is B and len(act.frame) > 1000 and not lost
+                                 and not lost.append(act))
+    net.send(A, B, b"hi")
+    assert lost and not row(a, B).pq
+    net.advance(6)
+    assert a.counters["pq_offer_sent"] >= 3 and row(a, B).pq and row(b, A).pq
+
+
+@needs_mlkem
+def test_peer_without_pq_stays_classical_after_three_offers():
+    a, b = manager(A, 1), manager(B, 2, pq=False)
+    net = Net((A, a), (B, b))
+    net.send(A, B, b"hi")
+    net.advance(20)
+    net.send(A, B, b"still classical")
+    assert [d.payload for d in net.delivered(B)] == [b"hi", b"still classical"]
+    assert a.counters["pq_offer_sent"] == 3 and a.counters["pq_gave_up"] == 1
+    assert b.counters["pq_offer_ignored"] == 3 and not row(a, B).pq
+
+
 # -- denial of service -------------------------------------------------------------------
 
 def bogus_init(rng, peer_static, good_mac1=True):
@@ -550,6 +574,21 @@ def test_valid_mac1_flood_triggers_cookies_and_a_real_peer_still_gets_in():
     # before its static fails to decrypt, the real peer's four).
     assert max(per_call) <= b.guard.budget + 3
     assert len(b.guard) <= b.guard.queue_limit
+
+
+def test_under_load_a_source_with_a_cookie_is_still_rate_limited():
+    a = manager(A, 1, pq=False)
+    b = manager(B, 2, pq=False, guard=HandshakeGuard(under_load_queue=1))  # always loaded
+    net = Net((A, a), (B, b))
+    net.send(A, B, b"x")
+    assert b.counters["cookie_sent"] == 1 and not net.delivered(B)
+    net.advance(6)  # the retry carries mac2
+    assert [d.payload for d in net.delivered(B)] == [b"x"]
+    for _ in range(40):  # 25 initiations/s with a valid cookie: over 20/s, burst 5
+        net.act(A, a.rekey(B.public_key, net.now))
+        net.advance(0.04)
+    assert b.counters["init_rate_source"] > 0
+    assert b.counters["init_answered"] < 40
 
 
 def test_link_bucket_limits_one_neighbour():
