@@ -51,9 +51,9 @@ from .errors import DecodeError, LocalProtocolError
 from .identity import Identity
 from .noise import Dh, HandshakeResult, StaticKey, TimestampSource, x25519
 from .pq import mlkem_available, require_mlkem
-from .session_data import (KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, FrameRejected,
-                           KeyRing, KeypairExpired, NoKeypair, ReleaseIndex, ReplayedFrame,
-                           SendKeepalive, parse_header)
+from .session_data import (KEEPALIVE_TIMEOUT, MAX_PAYLOAD, REJECT_AFTER_TIME, REKEY_TIMEOUT,
+                           FrameRejected, KeyRing, KeypairExpired, NoKeypair, ReleaseIndex,
+                           ReplayedFrame, SendKeepalive, parse_header)
 from .session_events import (DATA_TYPE, INNER_APP, INNER_PQ_ANSWER, INNER_PQ_OFFER,
                              DeliverPlain, SendFailed, SendPlain, SendSessionFrame,
                              SessionClosed, SessionEstablished, SessionFrameIn)
@@ -64,6 +64,7 @@ from .session_messages import CookieReply, HandshakeInit, HandshakeResp
 from .session_initiator import Dialer
 from .session_peer import QUEUE_LIMIT, IndexPool, KeyMeta, PeerState, SessionRow
 
+MAX_APP_PAYLOAD = MAX_PAYLOAD - 2  # the inner type and proto bytes ride in the same frame
 REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 165 s
 
 
@@ -166,6 +167,9 @@ class SessionManager:
             raise LocalProtocolError("no session with ourselves")
         if not 0 <= ev.proto <= 0xFF:
             raise LocalProtocolError(f"overlay proto {ev.proto} out of u8 range")
+        if len(ev.payload) > MAX_APP_PAYLOAD:
+            raise LocalProtocolError(
+                f"payload of {len(ev.payload)} bytes exceeds {MAX_APP_PAYLOAD}")
         peer = self._peer(ev.peer)
         acts: list[Action] = []
         sent = self._seal_app(peer, ev.proto, ev.payload, now) if (

@@ -26,7 +26,7 @@ from sporenet.protocols.session_events import (DeliverPlain, SendFailed, SendPla
                                                SessionEstablished, SessionFrameIn)
 from sporenet.protocols.session_guard import HandshakeGuard, TokenBuckets
 from sporenet.protocols.session_messages import HandshakeInit
-from sporenet.protocols.sessions import SessionManager
+from sporenet.protocols.sessions import MAX_APP_PAYLOAD, SessionManager
 
 T0 = 1_800_000_000.0  # Unix seconds: the TAI64N stamps need wall-clock time
 A, B, C, T = (Identity(bytes([n]) * 32) for n in (1, 2, 3, 9))
@@ -277,7 +277,24 @@ def test_send_events_are_checked():
     with pytest.raises(LocalProtocolError):
         a.handle(SendPlain(B.public_key, 256, b"x"), T0)
     with pytest.raises(LocalProtocolError):
+        a.handle(SendPlain(B.public_key, 1, bytes(MAX_APP_PAYLOAD + 1)), T0)
+    with pytest.raises(LocalProtocolError):
+        a.handle(SendPlain(b"short", 1, b"x"), T0)
+    with pytest.raises(LocalProtocolError):
         a.handle(object(), T0)
+    assert a.sessions(T0) == []
+
+
+def test_largest_payload_crosses_and_secrets_stay_out_of_reprs():
+    net, a, b = pair(pq=False)
+    log = KeyLog(a)
+    big = bytes(range(256)) * (MAX_APP_PAYLOAD // 256) + b"x" * (MAX_APP_PAYLOAD % 256)
+    net.send(A, B, big)
+    assert [d.payload for d in net.delivered(B)] == [big]
+    keys = [k.hex()[:16] for r in log.results for k in (r.send_key, r.recv_key)]
+    shown = " ".join(repr(x) for x in (a, a.keyring, *a._peers.values(), *net.out[A.address],
+                                       *net.captured))
+    assert keys and not any(k in shown for k in keys)
 
 
 # -- timers ------------------------------------------------------------------------------
