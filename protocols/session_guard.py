@@ -44,27 +44,35 @@ MAX_BUCKETS = 65_536  # beyond this, stale buckets are swept first
 class TokenBuckets:
     """Token buckets keyed by bytes, ``rate`` tokens/s up to ``burst``."""
 
-    __slots__ = ("rate", "burst", "_buckets")
+    __slots__ = ("rate", "burst", "limit", "_buckets", "_swept_at")
 
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
+    def __init__(self, rate: float, burst: float, limit: int = MAX_BUCKETS) -> None:
+        self.rate, self.burst, self.limit = rate, burst, limit
         self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._swept_at = float("-inf")
 
     def allow(self, key: bytes, now: float) -> bool:
+        """Take a token for ``key``. A new key finding the table full of live buckets
+        is refused: sweeping costs O(table), so it runs at most once a second."""
+        if key not in self._buckets and len(self._buckets) >= self.limit:
+            if now - self._swept_at < 1.0:
+                return False
+            self.sweep(now)
+            if len(self._buckets) >= self.limit:
+                return False
         tokens, at = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             return False
-        if len(self._buckets) >= MAX_BUCKETS and key not in self._buckets:
-            self.sweep(now)
         self._buckets[key] = (tokens - 1.0, now)
         return True
 
     def sweep(self, now: float) -> None:
         """Forget buckets that have refilled (they equal a fresh bucket)."""
-        full = (self.burst - 1.0) / self.rate if self.rate > 0 else float("inf")
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full}
+        self._swept_at = now
+        self._buckets = {k: v for k, v in self._buckets.items()
+                         if v[0] + (now - v[1]) * self.rate < self.burst}
 
     def __len__(self) -> int:
         return len(self._buckets)

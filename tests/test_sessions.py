@@ -625,6 +625,10 @@ def test_token_buckets_refill_and_forget():
     assert tb.allow(b"k", 0.05) and not tb.allow(b"k", 0.05)
     tb.sweep(10.0)
     assert len(tb) == 0
+    small = TokenBuckets(20.0, 5.0, limit=2)
+    assert small.allow(b"a", 0.0) and small.allow(b"b", 0.0)
+    assert not small.allow(b"c", 0.0) and not small.allow(b"d", 0.5)  # full of live ones
+    assert small.allow(b"c", 1.5)  # a second later the sweep frees the refilled ones
 
 
 def test_garbage_frames_are_counted_never_raised():
