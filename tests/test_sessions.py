@@ -11,6 +11,9 @@ import random
 from collections import deque
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
@@ -132,6 +135,12 @@ class Net:
     def notices(self, ident, kind):
         return [a.message for a in self.out[ident.address]
                 if isinstance(a, Publish) and isinstance(a.message, kind)]
+
+
+def established(**kw):
+    net, a, b = pair(**kw)
+    net.send(A, B, b"up")
+    return net, a, b
 
 
 def pair(seed=1, transit=False, **kw):
@@ -639,6 +648,33 @@ def test_garbage_frames_are_counted_never_raised():
     assert b.counters["malformed"] == 5
     assert b.counters["unexpected_type"] == 1
     assert b.counters["resp_unknown_index"] == b.counters["cookie_unknown_index"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"", b"\x01\x20", b"\x01\x21", b"\x01\x22", b"\x01\x23",
+                        b"\x01\x24", b"\x01\x25", b"\x01"]), st.binary(max_size=300))
+def test_any_bytes_from_the_overlay_are_counted_never_raised(prefix, tail):
+    net, a, b = FUZZ_NET
+    net.inject(B, prefix + tail, A.address, A.node_id)
+    net.now += 0.001
+    net.act(B, b.on_timer(net.now))  # queued msg1s are answered or refused, never raise
+    assert len(net.delivered(B)) == 1
+
+
+FUZZ_NET = established(pq=False)
+
+
+def test_inner_plaintext_layout_is_type_proto_payload():
+    net, a, b = pair(pq=False)
+    log = KeyLog(a)
+    net.send(A, B, b"hello", proto=7)
+    data = [x for s, x in net.captured if s is A and x.frame[1] == 0x23]
+    opened = []
+    for x in data:
+        nonce = bytes(4) + x.frame[6:14][::-1]  # 0^32 || LE64(counter)
+        opened.append(ChaCha20Poly1305(log.results[0].send_key).decrypt(
+            nonce, x.frame[14:], x.frame[:14]))
+    assert opened == [b"\x01\x07hello"]  # the queued data itself confirms A's keys
 
 
 # -- keys --------------------------------------------------------------------------------
