@@ -341,7 +341,7 @@ class SessionManager:
         peer = self._peers.get(key)
         if peer is None or any(self.keyring.keypairs(key)):
             return []
-        if peer.attempt is None and not peer.queue:
+        if peer.attempt is None and peer.retry_at is None and not peer.queue:
             del self._peers[key]
         return [Publish(SessionClosed(key, "expired"))]
 
