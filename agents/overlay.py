@@ -20,6 +20,14 @@ blocking) is called on ``RoutesChanged`` / ``LinkMeasured`` at most every
 ``METRICS_REFRESH`` seconds and the answer is picked up when it is ready; a transit
 record's metric is therefore up to a few seconds old (None until the first answer,
 or without the option).
+
+End-to-end sessions (``protocols/sessions.py``, ``docs/messages.md`` "Encryption"): the
+composite's ``SessionManager`` seals message chunks and acks; option ``sessions``
+({"pq": bool, "pq_required": bool}, default PQ on) is the config's ``[sessions]``.
+It gets ``random.SystemRandom()`` (it makes keys) and ``wall_offset`` (Unix time minus
+the agent's monotonic clock, taken once: handshake stamps are Unix time). Peer keys
+come from the FIB snapshot's ``public_keys`` and from ``PeerUp``; ``GetSessions``
+returns the session rows (``sporenet sessions``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import ipaddress
 import os
 import random
 import threading
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,6 +55,8 @@ from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, LinkMeasured, 
 from sporenet.protocols.overlay import Overlay
 from sporenet.protocols.overlay_messages import PREFIX_SIZE, TraceRecord
 from sporenet.protocols.route_table import RoutesChanged
+from sporenet.protocols.session_events import SendFailed
+from sporenet.protocols.sessions import SessionManager
 from sporenet.protocols.trace import TraceFailed, TraceResult
 
 from .base import ProtocolAgent
@@ -89,6 +100,11 @@ class GetResult:
 
     kind: str  # "message", "ping" or "trace"
     ident: int
+
+
+@dataclass(frozen=True)
+class GetSessions:
+    """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...]}`` (``sporenet sessions``)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,7 @@ class OverlayAgent(ProtocolAgent):
 
     def make_protocol(self) -> Overlay:
         self._neighbours: dict[bytes, bytes] = {}
+        self._neighbour_keys: dict[bytes, bytes] = {}  # node id -> Ed25519 key
         self._links: dict[bytes, tuple[float, float, float]] = {}  # node id -> rtt, loss, cost
         self._metrics: dict[bytes, int] = {}  # destination /64 -> our selected metric
         self._metrics_future: Any = None
@@ -160,7 +177,14 @@ class OverlayAgent(ProtocolAgent):
             self._allow(endpoint, topic, None if senders is None else tuple(senders))
         forwarder = Forwarder(identity, link_stats=self._links.get,
                               route_metric=lambda dst: self._metrics.get(dst[:PREFIX_SIZE]))
-        return Overlay(forwarder, endpoint)
+        return Overlay(forwarder, endpoint, sessions=self._session_manager(identity))
+
+    def _session_manager(self, identity: Any) -> SessionManager:
+        opts = dict(self.options.get("sessions") or {})
+        return SessionManager(identity, rng=random.SystemRandom(),
+                              pq=bool(opts.get("pq", True)),
+                              pq_required=bool(opts.get("pq_required", False)),
+                              wall_offset=time.time() - self.clock.now())
 
     def _allow(self, endpoint: MessageEndpoint, topic: str,
                senders: tuple[str, ...] | None) -> None:
@@ -172,18 +196,22 @@ class OverlayAgent(ProtocolAgent):
                 MessageReceived: self._received, MessageDelivered: self._delivered,
                 MessageFailed: self._failed, PingResult: self._pong, PingFailed: self._ping_failed,
                 TraceResult: self._traced, TraceFailed: self._trace_failed,
-                DestinationUnreachable: lambda a: None}
+                DestinationUnreachable: lambda a: None, SendFailed: self._session_failed}
 
     def on_bus(self, notice: Any) -> None:
         ov: Overlay = self.protocol
         match notice:
-            case PeerUp(node_id=nid):
+            case PeerUp(node_id=nid, public_key=pub):
                 self._neighbours[nid] = prefix_of_node(nid)
+                self._neighbour_keys[nid] = pub
                 ov.forwarder.set_neighbours(dict(self._neighbours))
+                ov.set_neighbour_keys(self._neighbour_keys.values())
             case PeerDown(node_id=nid):
                 self._neighbours.pop(nid, None)
+                self._neighbour_keys.pop(nid, None)
                 self._links.pop(nid, None)
                 ov.forwarder.set_neighbours(dict(self._neighbours))
+                ov.set_neighbour_keys(self._neighbour_keys.values())
             case RoutesChanged():
                 self._refresh_fib()
                 self._refresh_metrics()
@@ -241,6 +269,9 @@ class OverlayAgent(ProtocolAgent):
                 return self._set_topic(message)
             case GetTopics():
                 return self._topics()
+            case GetSessions():
+                rows = self.protocol.sessions.sessions(self.clock.now())
+                return {"sessions": [r.as_dict() for r in rows]}
             case TakeMessages(topic=topic, limit=limit):
                 taken = [m for m in self._inbox if topic is None or m["topic"] == topic][:limit]
                 for m in taken:
@@ -325,6 +356,11 @@ class OverlayAgent(ProtocolAgent):
 
     def _ping_failed(self, a: PingFailed) -> None:
         self._result(("ping", a.ping_id), {"state": "failed", "reason": a.reason})
+
+    def _session_failed(self, a: SendFailed) -> None:
+        """No session could be made; the messages it held fail at their deadlines."""
+        self.log.info("session_failed", peer=a.peer[:4].hex(), dropped=a.dropped,
+                      reason=a.reason)
 
 
     def _traced(self, a: TraceResult) -> None:

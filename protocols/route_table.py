@@ -87,13 +87,19 @@ def metric_plus(advertised: int, cost: int) -> int:
 
 
 class Fib(Mapping[bytes, bytes]):
-    """Immutable snapshot {destination node id: next-hop node id} with a ``version``."""
+    """Immutable snapshot {destination node id: next-hop node id} with a ``version``.
 
-    __slots__ = ("_d", "version")
+    ``public_keys`` maps each destination's node id to its Ed25519 public key (the
+    route's signed ``origin_pub``): the overlay opens end-to-end sessions with it.
+    """
 
-    def __init__(self, d: dict[bytes, bytes], version: int) -> None:
+    __slots__ = ("_d", "version", "public_keys")
+
+    def __init__(self, d: dict[bytes, bytes], version: int,
+                 public_keys: Mapping[bytes, bytes] | None = None) -> None:
         self._d = dict(d)
         self.version = version
+        self.public_keys: Mapping[bytes, bytes] = dict(public_keys or {})
 
     def __getitem__(self, key: bytes) -> bytes:
         return self._d[key]

@@ -158,7 +158,9 @@ class Router(Announcer, RouteViews):
     def fib(self) -> Fib:
         """The forwarding snapshot; a new immutable object only after a change."""
         if self._fib.version != self._fib_version:
-            self._fib = Fib(self._fib_map, self._fib_version)
+            self._fib = Fib(self._fib_map, self._fib_version,
+                            {o: d.origin_pub for o in self._fib_map
+                             if (d := self._dests.get(o)) is not None})
         return self._fib
 
     def source(self, origin: bytes) -> tuple[int, int] | None:

@@ -59,6 +59,14 @@ class ProberConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    """End-to-end sessions of overlay messages (``docs/messages.md``, "Encryption")."""
+
+    pq: bool = True            # hybrid ML-KEM-768 psk on every session (needs ML-KEM)
+    pq_required: bool = False  # hold data until the keys come from an ML-KEM psk
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSpec:
     """A custom agent listed in the config (``[[agents]]``)."""
 
@@ -84,6 +92,7 @@ class NodeConfig:
     log_format: str = "auto"
     agents: tuple[AgentSpec, ...] = ()
     prober: ProberConfig = ProberConfig()
+    sessions: SessionsConfig = SessionsConfig()
     # [topics]: topic -> canonical senders (addresses, networks), or None for anyone
     topics: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     unknown_topics: str = "accept"       # topics not in [topics]: "accept" or "refuse"
@@ -361,6 +370,7 @@ _PROBER_KEYS = {
     "window": _number(integer=True, minimum=1),
     "dead_after": _number(integer=False, minimum=1e-9),
 }
+_SESSIONS_KEYS = {"pq": _check_bool, "pq_required": _check_bool}
 _AGENT_KEYS = {
     "name": _check_agent_name,
     "class": _check_class,
@@ -400,6 +410,17 @@ def _check_prober(value: Any, where: str, ctx: _Ctx) -> Any:
         ctx.problems.append(f"{ctx.source}: prober.dead_after: {prober.dead_after} must be greater "
                             f"than prober.interval ({prober.interval})")
     return prober
+
+
+def _check_sessions(value: Any, where: str, ctx: _Ctx) -> Any:
+    out = _check_section(value, where, ctx, _SESSIONS_KEYS, "[sessions]")
+    if out is _BAD:
+        return _BAD
+    sessions = SessionsConfig(**out)
+    if sessions.pq_required and not sessions.pq:
+        return ctx.bad(f"{where}.pq_required", True, "needs sessions.pq = true (post-quantum "
+                                                     "keys cannot be required with pq off)")
+    return sessions
 
 
 def _check_agents(value: Any, where: str, ctx: _Ctx) -> Any:
@@ -462,6 +483,7 @@ _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "log_format": _choice(LOG_FORMATS, "log format"),
     "agents": _check_agents,
     "prober": _check_prober,
+    "sessions": _check_sessions,
     "topics": _check_topics,
     "unknown_topics": _choice(UNKNOWN_TOPICS, "policy for topics without a rule"),
 }

@@ -7,6 +7,10 @@ cost per link), ``router`` (Babel-style routes over link costs, signed with the 
 ``[[agents]]`` come after them. Once every agent runs, the node writes
 ``<run_dir>/node.json`` with its real endpoints (after port 0), for launchers and
 ``sporenet bus tap``; the file is removed when the node stops.
+
+Messages ride end-to-end sessions (the overlay agent, the config's ``[sessions]``);
+with ``sessions.pq`` on, a node whose ``cryptography`` cannot do ML-KEM-768 refuses to
+start (``ValueError`` with ``require_mlkem``'s advice) rather than run classical only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sporenet.agents.router import ExplainRoute, FibHolder, GetRoutes, RouterAge
 from .user_api import UserApi
 from sporenet.transports.http_api import ApiError
 from sporenet.protocols.identity import Identity
+from sporenet.protocols.pq import MlkemUnavailable, require_mlkem
 
 from .config import NodeConfig
 
@@ -42,6 +47,11 @@ class Node:
     def __init__(self, config: NodeConfig, identity: Identity) -> None:
         self.config = config
         self.identity = identity
+        if config.sessions.pq:
+            try:
+                require_mlkem()
+            except MlkemUnavailable as e:
+                raise ValueError(f"{e} (or set sessions.pq = false in the node config)") from None
         self.run_dir = Path(config.run_dir or config.run_dir_for(identity.node_id))
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.info_path = self.run_dir / "node.json"
@@ -61,6 +71,8 @@ class Node:
             AgentSpec("overlay", OverlayAgent, requires=("router",),
                       options={"identity": ident, "fib_holder": fib, "topics": dict(c.topics),
                                "accept_unknown_topics": c.accept_unknown_topics,
+                               "sessions": {"pq": c.sessions.pq,
+                                            "pq_required": c.sessions.pq_required},
                                "request_routes": lambda: self.bundle.agent("router").ask(
                                    GetRoutes(), block=False)}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,

@@ -1,4 +1,4 @@
-"""The user's message API over HTTP: send, receive, reply, ping, topic rules
+"""The user's message API over HTTP: send, receive, reply, ping, topic rules, sessions
 (handlers for the api agent; the shapes are in ``docs/messages.md``).
 
 Handlers run in the HTTP server's thread and ``ask`` the overlay agent, which is
@@ -14,8 +14,8 @@ import binascii
 import ipaddress
 from typing import Any, Callable
 
-from sporenet.agents.overlay import (GetResult, GetTopics, SendMessage, SetTopic, StartPing,
-                                     StartTrace, TakeMessages)
+from sporenet.agents.overlay import (GetResult, GetSessions, GetTopics, SendMessage, SetTopic,
+                                     StartPing, StartTrace, TakeMessages)
 from sporenet.config import check_topic_name, parse_senders
 from sporenet.protocols.identity import address_of_node_id
 from sporenet.transports.http_api import ApiError
@@ -46,7 +46,7 @@ class UserApi:
                 "GET /v1/message": self.get_message, "POST /v1/ping": self.post_ping,
                 "GET /v1/ping": self.get_ping, "POST /v1/trace": self.post_trace,
                 "GET /v1/trace": self.get_trace, "GET /v1/topics": self.get_topics,
-                "POST /v1/topics": self.post_topics}
+                "POST /v1/topics": self.post_topics, "GET /v1/sessions": self.get_sessions}
 
     def _ask(self, msg: Any) -> Any:
         out = self._ref().ask(msg, timeout=ASK_TIMEOUT)
@@ -97,6 +97,11 @@ class UserApi:
 
     def get_topics(self) -> dict:
         return self._ask(GetTopics())
+
+    def get_sessions(self) -> dict:
+        """``{"sessions": [{"peer", "address", "state", "age", "key_age", "rekeys",
+        "bytes_in", "bytes_out", "replay_drops", "pq", "initiator", "queued"}]}``."""
+        return self._ask(GetSessions())
 
     def post_topics(self, topic: str, senders: Any = (), reset: bool = False) -> dict:
         """``senders``: a list (``[]`` = nobody), ``null`` or ``["*"]`` = anyone;

@@ -47,6 +47,18 @@ def notices(actions):
 
 
 # ---------------------------------------------------------------- basics, signatures
+def test_fib_carries_each_destinations_public_key_for_sessions():
+    r = make()
+    assert r.fib().public_keys == {} and Fib({}, 0).public_keys == {}
+    feed(r, A, signed(O, 7, 5))
+    feed(r, B, signed(O2, 3, 5))
+    fib = r.fib()
+    assert dict(fib.public_keys) == {O.node_id: O.public_key, O2.node_id: O2.public_key}
+    feed(r, A, signed(O, 8, INFINITY))  # retracted: no route, no key
+    assert dict(r.fib().public_keys) == {O2.node_id: O2.public_key}
+    assert dict(fib.public_keys) == {O.node_id: O.public_key, O2.node_id: O2.public_key}
+
+
 def test_signed_update_installs_route_and_triggers_update():
     r = make()
     acts = feed(r, A, signed(O, 7, 5))
