@@ -104,7 +104,8 @@ class GetResult:
 
 @dataclass(frozen=True)
 class GetSessions:
-    """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...]}`` (``sporenet sessions``)."""
+    """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...], "counters": {...}}``: the
+    rows of ``sporenet sessions``, the session manager's and the overlay's drop counters."""
 
 
 @dataclass(frozen=True)
@@ -270,8 +271,9 @@ class OverlayAgent(ProtocolAgent):
             case GetTopics():
                 return self._topics()
             case GetSessions():
-                rows = self.protocol.sessions.sessions(self.clock.now())
-                return {"sessions": [r.as_dict() for r in rows]}
+                ov: Overlay = self.protocol
+                return {"sessions": [r.as_dict() for r in ov.sessions.sessions(self.clock.now())],
+                        "counters": dict(ov.sessions.counters + ov.counters)}
             case TakeMessages(topic=topic, limit=limit):
                 taken = [m for m in self._inbox if topic is None or m["topic"] == topic][:limit]
                 for m in taken:
@@ -361,7 +363,6 @@ class OverlayAgent(ProtocolAgent):
         """No session could be made; the messages it held fail at their deadlines."""
         self.log.info("session_failed", peer=a.peer[:4].hex(), dropped=a.dropped,
                       reason=a.reason)
-
 
     def _traced(self, a: TraceResult) -> None:
         self._result(("trace", a.trace_id), {

@@ -100,7 +100,8 @@ class UserApi:
 
     def get_sessions(self) -> dict:
         """``{"sessions": [{"peer", "address", "state", "age", "key_age", "rekeys",
-        "bytes_in", "bytes_out", "replay_drops", "pq", "initiator", "queued"}]}``."""
+        "bytes_in", "bytes_out", "replay_drops", "pq", "initiator", "queued"}],
+        "counters": {name: n}}``."""
         return self._ask(GetSessions())
 
     def post_topics(self, topic: str, senders: Any = (), reset: bool = False) -> dict:

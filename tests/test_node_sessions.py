@@ -114,6 +114,8 @@ def test_message_rides_a_session_the_transit_cannot_read(mesh):
         assert row_a["state"] == row_c["state"] == "established"
         assert row_a["bytes_out"] >= len(SECRET) and row_c["bytes_out"] >= len(ANSWER)
         assert sessions(b) == []  # the transit holds no session with A or C
+        counters = a.api.get("/v1/sessions")["counters"]
+        assert counters["handshakes"] >= 2 and not counters.get("cleartext_dropped")
         text = cli("sessions", "--api", a.info["api"])
         assert text.returncode == 0 and c.info["address"] in text.stdout
     finally:
