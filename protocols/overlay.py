@@ -26,6 +26,11 @@ Encryption (with a ``SessionManager``; ``docs/messages.md``, "Encryption"):
 - A secured proto arriving in clear from another node is dropped and counted
   (``cleartext_dropped``): its source address is unauthenticated. Only a node's
   messages to itself stay in clear (they never leave the node).
+- A peer that stops answering (it restarted and lost its keys: our frames reach it
+  and are dropped) gets a new handshake: when we send to a peer that has delivered
+  nothing for ``NO_ANSWER_REKEY`` seconds since our first unanswered send, the
+  overlay asks for a rekey (WireGuard §6.2's rule; message acks make every send
+  answered). Counted ``no_answer_rekey``.
 - Ping, pong, trace and unreachable notices stay cleartext overlay diagnostics.
 Without a session manager every packet travels in clear (the simulator's mode).
 """
@@ -40,12 +45,14 @@ from .forwarding import DeliverLocal, Forwarder, RoutedReceived, prefix_fib
 from .identity import Identity, address_of
 from .messaging import MessageEndpoint, PacketReceived, SendPacket
 from .overlay_messages import Proto
-from .session_events import DeliverPlain, SendPlain, SendSessionFrame, SessionFrameIn
+from .session_data import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT
+from .session_events import DeliverPlain, SendFailed, SendPlain, SendSessionFrame, SessionFrameIn
 from .sessions import SessionManager
 from .trace import Tracer
 
 SECURED_PROTOS = frozenset((Proto.MESSAGE_CHUNK, Proto.MESSAGE_ACK))
 SESSION_PROTOS = frozenset((Proto.SESSION_HANDSHAKE, Proto.E2E_DATA))
+NO_ANSWER_REKEY = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT  # 15 s, WireGuard's New-Handshake-Time
 
 
 class Overlay:
@@ -59,6 +66,7 @@ class Overlay:
         self._fib_version: int | None = None
         self._fib_keys: dict[bytes, bytes] = {}  # packed address -> Ed25519 key (routes)
         self._neighbour_keys: dict[bytes, bytes] = {}  # the same, for linked peers
+        self._unanswered: dict[bytes, float] = {}  # peer key -> first send since its last data
 
     @classmethod
     def for_identity(cls, identity: Identity, *, rng, sessions: SessionManager | None = None,
@@ -133,6 +141,8 @@ class Overlay:
             elif isinstance(a, DeliverPlain):
                 more = self._deliver_plain(a, now)
             else:
+                if isinstance(a, SendFailed):
+                    self._unanswered.pop(a.peer, None)
                 out.append(a)
                 continue
             todo += [(m, None) for m in more]
@@ -164,9 +174,16 @@ class Overlay:
         if key is None:
             self.counters["no_public_key"] += 1
             return []
-        return self.sessions.handle(SendPlain(key, int(a.proto), a.payload), now)
+        acts = self.sessions.handle(SendPlain(key, int(a.proto), a.payload), now)
+        since = self._unanswered.setdefault(key, now)
+        if now - since >= NO_ANSWER_REKEY:
+            self._unanswered[key] = now
+            self.counters["no_answer_rekey"] += 1
+            acts += self.sessions.rekey(key, now)
+        return acts
 
     def _deliver_plain(self, a: DeliverPlain, now: float) -> list[Action]:
+        self._unanswered.pop(a.peer, None)
         if a.proto not in SECURED_PROTOS:
             self.counters["plain_unknown_proto"] += 1
             return []

@@ -133,3 +133,22 @@ def test_message_rides_a_session_the_transit_cannot_read(mesh):
     for needle in (SECRET.encode(), ANSWER.encode(), SECRET[:12].encode(),
                    ANSWER[:12].encode()):
         assert not any(needle in f for f in tap.frames)
+
+
+def test_messages_get_through_again_after_the_receiver_restarts(mesh):
+    a = mesh.start_node("a")
+    b = mesh.start_node("b", peers=[a.endpoint])
+    c = mesh.start_node("c", peers=[b.endpoint])
+    wait_for(lambda: c.node_id in selected(a), 60, "A to learn a route to C")
+    out = cli("send", "--api", a.info["api"], "--to", c.info["address"], "first")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert mesh.stop_node("c") == 0
+    c = mesh.start_node("c", peers=[b.endpoint])  # same key: A's session keys are stale
+    wait_for(lambda: c.node_id in selected(a) and a.node_id in selected(c), 60,
+             "routes between A and the restarted C")
+    out = cli("send", "--api", a.info["api"], "--to", c.info["address"], "--timeout", "40",
+              "second")
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = cli("recv", "--api", c.info["api"], "--json")
+    assert [json.loads(line)["data"] for line in got.stdout.splitlines()] == ["second"]
+    assert a.api.get("/v1/sessions")["counters"].get("no_answer_rekey", 0) >= 1

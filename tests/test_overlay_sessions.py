@@ -146,3 +146,20 @@ def test_without_a_known_key_nothing_leaves_and_the_message_fails_at_its_deadlin
     line.run(1.5)
     assert line.of(0, MessageFailed) == [MessageFailed(msg_id, "deadline")]
     assert not line.on_transit
+
+
+@pytest.mark.parametrize("pq", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not mlkem_available(), reason="ML-KEM-768 unavailable"))])
+def test_a_restarted_peer_gets_a_new_handshake_when_its_answers_stop(pq):
+    line = Line(pq=pq)
+    a, _, b = line.ovs
+    line.act(0, a.send(B.address, "", b"before", line.now)[1])
+    line.run(1.0)
+    assert line.of(0, MessageDelivered)
+    b.sessions = SessionManager(B, rng=random.Random(99), pq=pq)  # B restarts: keys lost
+    msg_id, acts = a.send(B.address, "", b"after", line.now, deadline=30.0)
+    line.act(0, acts)
+    line.run(25.0, step=0.05)
+    assert [m.data for m in line.of(2, MessageReceived)] == [b"before", b"after"]
+    assert MessageDelivered(msg_id) in line.of(0, MessageDelivered)
+    assert a.counters["no_answer_rekey"] >= 1
