@@ -272,4 +272,4 @@ class MemoryCarrier:
             try:
                 self._on_event(event)
             except Exception:  # the owner's bug must not stop delivery for every link
-                self._log.exception("on_event_failed", event=type(event).__name__)
+                self._log.exception("on_event_failed", event_type=type(event).__name__)

@@ -296,7 +296,7 @@ class TcpCarrier:
         try:
             self._on_event(event)
         except Exception:  # the owner's bug must not take every link down with the I/O thread
-            self._log.exception("on_event_failed", event=type(event).__name__)
+            self._log.exception("on_event_failed", event_type=type(event).__name__)
 
     def _set_mask(self, conn: _Conn) -> None:
         if conn._sock is None:
