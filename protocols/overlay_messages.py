@@ -35,7 +35,8 @@ Payloads, selected by ``proto`` (``Proto``); each has ``encode() -> bytes`` and
   ``MAX_TRACE_RECORDS`` records; flag ``TRACE_TRUNCATED`` (0x01): some node could
   not append its record because the list was full.
 
-Protos 6 (session handshake) and 7 (E2E data) are reserved for [3/7].
+Protos 6 (session handshake, frames 0x20-0x22) and 7 (E2E data, 0x23 and the PQ frames inside
+it) carry `protocols/sessions.py` frames: transit nodes forward them and cannot open them.
 """
 
 from __future__ import annotations
