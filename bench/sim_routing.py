@@ -8,7 +8,7 @@ script copies the plots to ``--figures`` as ``sim_routing_<scenario>.png``, draw
 ``sim_routing_idle_scaling.png`` and writes ``sim_routing.json`` (all reports, with
 the git commit of the router they ran on) there.
 
-    python bench/sim_routing.py                       # 1,000 nodes, idle at 100/1000/3000
+    python bench/sim_routing.py                       # 1,000 nodes, idle at 100/300/1000
     python bench/sim_routing.py --nodes 200 --idle-sizes 100,200 --cuts 5   # quicker
     python bench/sim_routing.py --reuse --idle-sizes 100,300,1000   # add a size to the last run
 
@@ -95,7 +95,7 @@ def main() -> int:
     p.add_argument("--idle-window", type=float, default=60.0)
     p.add_argument("--lossy-settle", type=float, default=180.0,
                    help="simulated s after convergence: the loss estimate needs probes")
-    p.add_argument("--idle-sizes", default="100,1000,3000")
+    p.add_argument("--idle-sizes", default="100,300,1000")
     p.add_argument("--groups", default="base,lossy,regions")
     p.add_argument("--reuse", action="store_true",
                    help="keep the runs already in --figures/sim_routing.json, run only missing ones")
