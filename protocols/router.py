@@ -382,6 +382,18 @@ class Router(Announcer, RouteViews):
             if (adv is None or adv[0] != new.seqno
                     or abs(new.metric - adv[1]) > self._margin(adv[1])):
                 actions += self._to_all(self._update_for(origin, dest, new))
+            # Our route got worse (a suspect or dearer link) while a route that the
+            # feasibility condition blocks is clearly better: ask for a newer seqno now,
+            # rather than waiting for that neighbour's next update to ask (RFC 8966
+            # §3.8.2.2): this is what makes rerouting after a silent cut take one
+            # round trip to the origin once the link is suspect.
+            limit = (self._tier(new), new.metric - self._margin(new.metric))
+            blocked = [r for r in dest.routes.values()
+                       if r is not new and r.usable and r.neighbour in self._measured
+                       and (self._tier(r), r.metric) < limit]
+            if blocked:
+                best = min(blocked, key=lambda r: (self._tier(r), r.metric, r.neighbour))
+                actions += self._request_if_better(origin, dest, best, now)
         else:
             if dest.advertised is not None:
                 dest.advertised = None

@@ -643,3 +643,15 @@ def test_routes_through_an_unmeasured_link_wait_for_its_first_cost():
     r.handle(LinkCostChanged(A.node_id, 300), 1.0)      # dearer than the 100 guessed
     assert r.fib()[O.node_id] == A.node_id and r.routes()[0]["metric"] == 305
 
+
+
+def test_a_selected_route_that_gets_much_worse_asks_for_a_newer_seqno_at_once():
+    r = make(neighbours=((A, 10), (B, 10)))
+    feed(r, A, signed(O, 1, 10))                        # via A: 20, advertised so FD = 20
+    feed(r, B, signed(O, 1, 40))                        # via B: 50, infeasible (40 >= 20)
+    assert r.fib()[O.node_id] == A.node_id
+    acts = r.handle(LinkCostChanged(A.node_id, 60_000), 5.0)   # A's link turns suspect
+    assert r.fib()[O.node_id] == A.node_id              # B is still infeasible...
+    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 127))]  # ...so ask
+    feed(r, B, signed(O, 2, 40), now=5.1)               # the origin's answer comes back via B
+    assert r.fib()[O.node_id] == B.node_id
