@@ -137,6 +137,7 @@ class Router(Announcer, RouteViews):
         self._expiry: list[tuple[float, bytes, bytes]] = []  # (when, origin, neighbour)
         self._refresh: deque[bytes] = deque((self.node_id,))  # round-robin of origins
         self._queued: set[bytes] = {self.node_id}
+        self._starving: set[bytes] = set()  # routes known, none feasible: retry requests
         self._fib_map: dict[bytes, bytes] = {}  # origin -> next hop, kept current
         self._fib_version = 0
         self._fib = Fib({}, 0)
@@ -208,6 +209,12 @@ class Router(Announcer, RouteViews):
         if self._next_update <= now:
             self._next_update = now + self._gap()
             actions += self._refresh_round()
+            for origin in list(self._starving):
+                dest = self._dests.get(origin)
+                if dest is None or dest.selected is not None or not dest.routes:
+                    self._starving.discard(origin)
+                else:
+                    actions += self._request_all(origin, dest, now)
             if now >= self._next_gc:
                 self._next_gc = now + SOURCE_GC_TIME / 4
                 self._gc(now)
@@ -378,6 +385,7 @@ class Router(Announcer, RouteViews):
                     self._refresh.append(origin)
         actions: list[Action] = []
         if new is not None:
+            self._starving.discard(origin)
             adv = dest.advertised
             if (adv is None or adv[0] != new.seqno
                     or abs(new.metric - adv[1]) > self._margin(adv[1])):
@@ -402,16 +410,25 @@ class Router(Announcer, RouteViews):
                     self._counters["retractions_sent"] += len(self._neighbours)
                     actions += self._to_all(RouteUpdate(dest.origin_pub, signed.seqno, INFINITY,
                                                         signed.region, 0, signed.signature))
-            src = self._sources.get(origin)
-            if (src is not None and dest.routes
-                    and now - dest.last_request >= self.update_interval):
-                dest.last_request = now
-                req = SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS)
-                self._counters["seqno_requests_sent"] += len(self._neighbours)
-                actions += [SendToNeighbour(nb, req) for nb in self._neighbours]
+            if dest.routes:
+                self._starving.add(origin)
+                actions += self._request_all(origin, dest, now)
             if not dest.routes:
                 del self._dests[origin]
         return actions
+
+    def _request_all(self, origin: bytes, dest: Destination, now: float) -> list[Action]:
+        """Starvation (RFC 8966 §3.8.2.1): ask every neighbour for a newer seqno, at most
+        once per update interval; ``on_timer`` retries while the starvation lasts, since
+        a request can be lost (into a link not yet known to be dead) and unchanged
+        refreshes, which would otherwise prompt a retry, come only once per cycle."""
+        src = self._sources.get(origin)
+        if src is None or now - dest.last_request < self.update_interval:
+            return []
+        dest.last_request = now
+        req = SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS)
+        self._counters["seqno_requests_sent"] += len(self._neighbours)
+        return [SendToNeighbour(nb, req) for nb in self._neighbours]
 
     def _beats_selected(self, dest: Destination, r: Route) -> bool:
         cur = dest.routes.get(dest.selected) if dest.selected else None

@@ -153,8 +153,16 @@ def test_infeasible_update_is_kept_not_selected_and_starvation_sends_seqno_reque
     reqs = sends(acts, SeqnoRequest)
     assert {nb for nb, _ in reqs} == {A.node_id, B.node_id}
     assert all(m.origin == O.node_id and m.seqno == 2 for _, m in reqs)
-    feed(r, B, signed(O, 2, 25), now=2.0)         # the origin's newer seqno arrives via B
+    # No answer (the request was lost): the request is retried at the next ticks,
+    # not only when B happens to refresh its route.
+    retried = []
+    while (t := r.next_deadline()) < 12.0:
+        retried += [t for _, m in sends(r.on_timer(t), SeqnoRequest) if m.origin == O.node_id]
+    assert len(retried) >= 2 and retried[0] >= 1.0 + r.update_interval
+    feed(r, B, signed(O, 2, 25), now=12.0)        # the origin's newer seqno arrives via B
     assert dict(r.fib()) == {O.node_id: B.node_id}
+    assert not any(m.origin == O.node_id for _, m in sends(r.on_timer(r.next_deadline()),
+                                                           SeqnoRequest))
 
 
 def test_equal_seqno_better_metric_is_feasible():
