@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sporenet.local_mesh import LocalMesh, wait_for
+from sporenet.local_mesh import selected_routes as selected, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -15,19 +15,6 @@ pytestmark = pytest.mark.slow
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sporenet.cli", *args], capture_output=True,
                           text=True, timeout=60)
-
-
-def selected(node) -> set[str]:
-    return {r["destination"] for r in node.api.get("/v1/routes")["routes"] if r["selected"]}
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    m = LocalMesh(tmp_path, extra_args=("--probe-interval", "0.2"))
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def test_five_node_line_delivers_a_message_and_a_ping_across_four_hops(mesh):

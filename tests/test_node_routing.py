@@ -8,22 +8,9 @@ import sys
 
 import pytest
 
-from sporenet.local_mesh import LocalMesh, wait_for
+from sporenet.local_mesh import selected_routes, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def selected_routes(node) -> dict[str, dict]:
-    return {r["destination"]: r for r in node.api.get("/v1/routes")["routes"] if r["selected"]}
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    m = LocalMesh(tmp_path, extra_args=("--probe-interval", "0.2"))
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def test_line_of_three_learns_routes_through_the_middle_and_loses_them(mesh):

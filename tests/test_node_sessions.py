@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from sporenet.local_mesh import LocalMesh, wait_for
+from sporenet.local_mesh import selected_routes as selected, wait_for
 from sporenet.protocols import wire
 from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut
 from sporenet.protocols.overlay_messages import Proto, Routed
@@ -29,10 +29,6 @@ ANSWER = "mango-violet-2846: and the reply neither"
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sporenet.cli", *args], capture_output=True,
                           text=True, timeout=60)
-
-
-def selected(node) -> set[str]:
-    return {r["destination"] for r in node.api.get("/v1/routes")["routes"] if r["selected"]}
 
 
 def sessions(node) -> list[dict]:
@@ -70,15 +66,6 @@ class Tap:
             if len(f) > 1 and f[1] == Routed.TYPE:
                 out.append(wire.decode_frame(f))
         return out
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    m = LocalMesh(tmp_path, extra_args=("--probe-interval", "0.2"))
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def test_message_rides_a_session_the_transit_cannot_read(mesh):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sporenet.local_mesh import LocalMesh, wait_for
+from sporenet.local_mesh import selected_routes as selected, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -18,21 +18,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
-def selected(node) -> set[str]:
-    return {r["destination"] for r in node.api.get("/v1/routes")["routes"] if r["selected"]}
-
-
 def close(a: float | None, b: float | None, abs_tol: float, rel: float = 0.5) -> bool:
     return a is not None and b is not None and abs(a - b) <= abs_tol + rel * max(a, b)
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    m = LocalMesh(tmp_path, extra_args=("--probe-interval", "0.2"))
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def test_explain_shows_every_hop_of_a_five_node_line(mesh):
