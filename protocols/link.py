@@ -9,7 +9,10 @@ Handshake (both sides run the same steps; carriers deliver frames in order):
 1. on open, send ``Hello(public_key, fresh nonce, endpoint, name)``;
 2. on the peer's Hello, send ``HelloProof(sign(hello_transcript(me, my nonce,
    peer, peer nonce)))``: the proof answers the peer's fresh challenge;
-3. when the peer's proof verifies, the connection is a peer link.
+3. when the peer's proof verifies, the connection is a peer link, if ``admit`` (the
+   network contract, when the node has one) accepts the proven key; else it is
+   closed (``AUTH_FAILED``, "not a member ...") and counted ``not_member``.
+   ``recheck(now)`` closes links whose key is no longer admitted (a revocation).
 
 Invariants:
 - A peer fault never raises: it closes that connection (``SendFrame(Close)`` then
@@ -25,7 +28,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Callable, Hashable
 
 from . import wire
 from .base import Action, Event, Publish
@@ -36,7 +39,11 @@ from .messages import (LINK_CONTROL_TYPES, MAX_NAME_BYTES, MAX_REASON_BYTES, NON
 from .notices import PeerDown, PeerUp
 
 COUNTERS = ("malformed", "protocol_errors", "auth_failed", "unknown_type", "self_connects",
-            "duplicates", "handshake_timeouts", "closed_by_peer", "stray_frames", "send_dropped")
+            "duplicates", "handshake_timeouts", "closed_by_peer", "stray_frames", "send_dropped",
+            "not_member")
+
+# ``admit(public_key, now)``: may this proven key hold a link (the network contract)?
+Admit = Callable[[bytes, float], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,9 @@ class PeerInfo:
     since: float
 
 
+_NOT_MEMBER = "not a member of the network contract"
+
+
 class _Refusal(Exception):
     """Internal: a peer fault that closes one connection."""
 
@@ -122,8 +132,9 @@ class LinkTable:
     """All carrier connections of one node; see the module docstring."""
 
     def __init__(self, identity: Identity, *, listen_endpoint: str = "", name: str = "",
-                 handshake_timeout: float = 5.0) -> None:
+                 handshake_timeout: float = 5.0, admit: Admit | None = None) -> None:
         self._id = identity
+        self._admit = admit
         self._endpoint = listen_endpoint
         self._name = truncate_utf8(name, MAX_NAME_BYTES)
         self._timeout = handshake_timeout
@@ -183,6 +194,18 @@ class LinkTable:
         if conn is None:
             return self._peer_down(node_id, reason)
         return self._close(self._conns.pop(conn), code, reason)
+
+    def recheck(self, now: float) -> list[Action]:
+        """Close every peer link whose key ``admit`` no longer accepts (a new contract
+        version revoked it, or its membership expired); counted ``not_member``."""
+        if self._admit is None:
+            return []
+        actions: list[Action] = []
+        for p in self.peers():
+            if not self._admit(p.public_key, now):
+                self._counters["not_member"] += 1
+                actions += self.disconnect(p.node_id, CloseCode.AUTH_FAILED, _NOT_MEMBER)
+        return actions
 
     def close_all(self, code: int = CloseCode.SHUTDOWN, reason: str = "shutting down") -> list[Action]:
         actions: list[Action] = []
@@ -269,6 +292,8 @@ class LinkTable:
             verify_signature(peer.public_key, transcript, proof.signature)
         except RemoteProtocolError as exc:
             raise _Refusal(CloseCode.AUTH_FAILED, "auth_failed", "hello proof does not verify") from exc
+        if self._admit is not None and not self._admit(peer.public_key, now):
+            raise _Refusal(CloseCode.AUTH_FAILED, "not_member", _NOT_MEMBER)
         c.node_id, c.since = node_id_of(peer.public_key), now
         return self._promote(c)
 

@@ -17,7 +17,7 @@ from typing import Hashable
 from .base import Action, Event, Publish
 from .dialer import Dial, Dialer, DialLost, DialSucceeded
 from .identity import Identity
-from .link import ConnectionLost, ConnectionOpened, DeliverFrame, LinkTable
+from .link import Admit, ConnectionLost, ConnectionOpened, DeliverFrame, LinkTable
 from .messages import Probe, ProbeAck
 from .notices import LinkCounters
 
@@ -32,9 +32,10 @@ class LinkManager:
     """Sans-IO. ``table`` is the ``LinkTable``; actions are the table's plus ``Dial``."""
 
     def __init__(self, identity: Identity, *, peers: list[str], rng: random.Random, now: float,
-                 listen_endpoint: str = "", name: str = "", handshake_timeout: float = 5.0) -> None:
+                 listen_endpoint: str = "", name: str = "", handshake_timeout: float = 5.0,
+                 admit: Admit | None = None) -> None:
         self.table = LinkTable(identity, listen_endpoint=listen_endpoint, name=name,
-                               handshake_timeout=handshake_timeout)
+                               handshake_timeout=handshake_timeout, admit=admit)
         self.dialer = Dialer(list(peers), rng=rng, now=now)
         self._dialing: dict[Hashable, str] = {}  # outbound conn -> configured endpoint
         self._pending: set[str] = set()         # dials not yet resolved

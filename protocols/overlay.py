@@ -33,12 +33,18 @@ Encryption (with a ``SessionManager``; ``docs/messages.md``, "Encryption"):
   answered). Counted ``no_answer_rekey``.
 - Ping, pong, trace and unreachable notices stay cleartext overlay diagnostics.
 Without a session manager every packet travels in clear (the simulator's mode).
+
+Contract (``reach(src_key, dst_key) -> bool``, the network contract's ``may_reach``
+when the node has one): a secured send to a key we may not reach is dropped and
+counted (``not_member``); ``revoke(now)`` removes the sessions (``remove_peer``) of
+every peer that may reach us no more, nor we it. The session manager's own
+``accept`` refuses handshakes from initiators that may not reach us.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .base import Action, Event
 from .forwarding import DeliverLocal, Forwarder, RoutedReceived, prefix_fib
@@ -57,8 +63,10 @@ NO_ANSWER_REKEY = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT  # 15 s, WireGuard's New-Han
 
 class Overlay:
     def __init__(self, forwarder: Forwarder, endpoint: MessageEndpoint,
-                 tracer: Tracer | None = None, sessions: SessionManager | None = None) -> None:
+                 tracer: Tracer | None = None, sessions: SessionManager | None = None,
+                 reach: Callable[[bytes, bytes], bool] | None = None) -> None:
         self.forwarder = forwarder
+        self.reach = reach
         self.endpoint = endpoint
         self.tracer = tracer if tracer is not None else Tracer(rng=endpoint._rng)
         self.sessions = sessions
@@ -87,6 +95,18 @@ class Overlay:
     def set_neighbour_keys(self, public_keys: Iterable[bytes]) -> None:
         """The Ed25519 keys of the linked peers (reachable before any route to them)."""
         self._neighbour_keys = {address_of(pub).packed: pub for pub in public_keys}
+
+    def revoke(self, now: float) -> list[Action]:
+        """Remove the sessions of peers the contract no longer lets talk to us either way."""
+        if self.sessions is None or self.reach is None:
+            return []
+        me, acts = self.sessions.public_key, []
+        for row in self.sessions.sessions(now):
+            if not (self.reach(me, row.peer) or self.reach(row.peer, me)):
+                self.counters["sessions_revoked"] += 1
+                self._unanswered.pop(row.peer, None)
+                acts += self.sessions.remove_peer(row.peer)
+        return self._run(acts, now)
 
     def public_key_of(self, address) -> bytes | None:
         packed = address.packed
@@ -173,6 +193,9 @@ class Overlay:
         key = self.public_key_of(a.dst_address)
         if key is None:
             self.counters["no_public_key"] += 1
+            return []
+        if self.reach is not None and not self.reach(self.sessions.public_key, key):
+            self.counters["not_member"] += 1
             return []
         acts = self.sessions.handle(SendPlain(key, int(a.proto), a.payload), now)
         since = self._unanswered.setdefault(key, now)

@@ -54,6 +54,9 @@ Rules (each has a unit test in ``tests/test_router.py``):
   selected route's seqno is new enough, else forwarded (hop count - 1) to the
   selected next hop, or the best usable route's neighbour, once per (origin, seqno)
   per ``update_interval``.
+- Contract (``admit(origin_pub, now)``, when given): an update whose origin key is not
+  a current member is dropped and counted (``not_member``), so non-members get no
+  routes; ``purge(now)`` drops (and retracts) destinations no longer admitted.
 - Table bounded at ``max_routes`` destinations: a new origin evicts the destination
   with the worst best metric if the new one is better, else is dropped (``table_full``).
 """
@@ -104,7 +107,8 @@ class Router(Announcer, RouteViews):
                  max_routes: int = 4096, default_cost: int = DEFAULT_COST,
                  hysteresis_frac: float = 0.05, hysteresis_min: int = 2,
                  refresh_batch: int = REFRESH_BATCH, cost_damping: float = 0.03,
-                 verify: Verifier = verify) -> None:
+                 verify: Verifier = verify,
+                 admit: Callable[[bytes, float], bool] | None = None) -> None:
         if update_interval <= 0 or max_routes < 1 or refresh_batch < 1:
             raise LocalProtocolError(
                 "update_interval must be > 0, max_routes and refresh_batch >= 1")
@@ -123,6 +127,7 @@ class Router(Announcer, RouteViews):
         self.refresh_batch = refresh_batch
         self.cost_damping = cost_damping
         self._verify = verify
+        self._admit = admit
         self._seqno = rng.getrandbits(16)
         self._own_sig = (self._seqno, identity.sign(route_transcript(identity.public_key,
                                                                       self._seqno, region)))
@@ -145,7 +150,7 @@ class Router(Announcer, RouteViews):
         self._counters = dict.fromkeys(
             ("bad_signature", "infeasible", "unknown_neighbour", "table_full", "updates_sent",
              "retractions_sent", "seqno_requests_sent", "seqno_requests_forwarded",
-             "own_seqno_bumps"), 0)
+             "own_seqno_bumps", "not_member"), 0)
 
     # ------------------------------------------------------------------ public view
     @property
@@ -192,6 +197,30 @@ class Router(Announcer, RouteViews):
                 actions = self._on_cost(nb, cost, now)
             case _:
                 raise LocalProtocolError(f"Router cannot handle {type(event).__name__}")
+        return actions + self._publish()
+
+    def purge(self, now: float) -> list[Action]:
+        """Drop every destination whose origin key ``admit`` no longer accepts (a new
+        contract version revoked it, or its membership expired): its routes go, the
+        FIB loses it, and a retraction goes to the neighbours we advertised it to."""
+        self._now = now
+        if self._admit is None:
+            return []
+        actions: list[Action] = []
+        for origin, dest in list(self._dests.items()):
+            if self._admit(dest.origin_pub, now):
+                continue
+            self._counters["not_member"] += 1
+            signed = max(dest.routes.values(), key=lambda r: r.updated, default=None)
+            if dest.advertised is not None and signed is not None:
+                dest.advertised = None
+                self._counters["retractions_sent"] += len(self._neighbours)
+                actions += self._to_all(RouteUpdate(dest.origin_pub, signed.seqno, INFINITY,
+                                                    signed.region, 0, signed.signature))
+            dest.routes.clear()
+            actions += self._reselect(origin, now, "not a member of the network contract")
+            self._sources.pop(origin, None)
+            self._starving.discard(origin)
         return actions + self._publish()
 
     def next_deadline(self) -> float | None:
@@ -248,6 +277,9 @@ class Router(Announcer, RouteViews):
         if origin == self.node_id:
             if seqno_newer(upd.seqno, self._seqno):  # our own old announcement survived a restart
                 return self._bump_seqno((upd.seqno + 1) % SEQNO_MOD)
+            return []
+        if self._admit is not None and not self._admit(upd.origin_pub, now):
+            self._counters["not_member"] += 1
             return []
         dest = self._dests.get(origin)
         key = (upd.seqno, upd.region, upd.signature)

@@ -326,3 +326,41 @@ def test_duplicate_close_without_successor_ends_in_peer_down_after_timeout():
     p.execute("b", t.on_timer(6.0))
     assert [type(n) for n in p.notices("b")] == [PeerUp, PeerDown]
     assert t.next_deadline() is None
+
+
+# ---------------------------------------------------------------- contract admission
+def test_a_non_member_is_refused_after_its_proof_and_counted():
+    p = Pump("a", "m")
+    members = {IDS["a"].public_key}
+    p.tables["a"] = LinkTable(IDS["a"], listen_endpoint="mem://a", name="a",
+                              admit=lambda key, now: key in members)
+    p.connect("m", 1, "a", 2)
+    p.flush()
+    (close,) = p.closes("a")
+    assert close.code == CloseCode.AUTH_FAILED and "not a member" in close.reason
+    assert p.notices("a") == [] and p.tables["a"].peers() == []
+    assert p.tables["a"].counters["not_member"] == 1
+    assert p.tables["m"].peers() == []  # the non-member saw the Close too
+
+
+def test_recheck_closes_links_whose_key_was_revoked():
+    p = Pump("a", "b", "c")
+    members = {IDS[n].public_key for n in "abc"}
+    p.tables["a"] = LinkTable(IDS["a"], listen_endpoint="mem://a", name="a",
+                              admit=lambda key, now: key in members)
+    p.connect("a", 1, "b", 2)
+    p.connect("a", 3, "c", 4)
+    p.flush()
+    assert {i.node_id for i in p.tables["a"].peers()} == {IDS["b"].node_id, IDS["c"].node_id}
+    assert p.tables["a"].recheck(1.0) == []
+    members.discard(IDS["c"].public_key)
+    p.execute("a", p.tables["a"].recheck(1.0))
+    p.flush()
+    assert [i.node_id for i in p.tables["a"].peers()] == [IDS["b"].node_id]
+    assert p.notices("a", PeerDown)[-1].node_id == IDS["c"].node_id
+    assert p.tables["a"].counters["not_member"] == 1
+    assert p.tables["c"].peers() == []
+
+
+def test_without_admit_every_proven_key_is_a_peer():
+    assert LinkTable(IDS["a"]).recheck(0.0) == []

@@ -663,3 +663,38 @@ def test_a_selected_route_that_gets_much_worse_asks_for_a_newer_seqno_at_once():
     assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 127))]  # ...so ask
     feed(r, B, signed(O, 2, 40), now=5.1)               # the origin's answer comes back via B
     assert r.fib()[O.node_id] == B.node_id
+
+
+# ---------------------------------------------------------------- contract admission
+def test_updates_from_non_member_origins_are_dropped_and_counted():
+    members = {ME.public_key, A.public_key, B.public_key, O.public_key}
+    r = make(admit=lambda key, now: key in members)
+    feed(r, A, signed(O, 7, 5))
+    acts = feed(r, A, signed(EVIL, 3, 5))
+    assert dict(r.fib()) == {O.node_id: A.node_id}
+    assert sends(acts) == [] and r.counters["not_member"] == 1
+
+
+def test_purge_drops_and_retracts_destinations_no_longer_admitted():
+    members = {ME.public_key, A.public_key, B.public_key, O.public_key, O2.public_key}
+    r = make(admit=lambda key, now: key in members)
+    feed(r, A, signed(O, 7, 5))
+    feed(r, B, signed(O2, 3, 5))
+    assert r.purge(1.0) == []
+    members.discard(O.public_key)
+    acts = r.purge(1.0)
+    assert dict(r.fib()) == {O2.node_id: B.node_id}
+    out = sends(acts)
+    assert {nb for nb, _ in out} == {A.node_id, B.node_id}
+    assert all(m.origin_pub == O.public_key and m.metric == INFINITY for _, m in out)
+    [n] = notices(acts)
+    assert isinstance(n, RoutesChanged) and n.removed == (O.node_id,)
+    assert r.source(O.node_id) is None
+    feed(r, A, signed(O, 8, 5))  # a later update from the revoked origin: still dropped
+    assert O.node_id not in dict(r.fib())
+
+
+def test_purge_without_admit_does_nothing():
+    r = make()
+    feed(r, A, signed(O, 7, 5))
+    assert r.purge(1.0) == [] and dict(r.fib()) == {O.node_id: A.node_id}
