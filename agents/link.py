@@ -3,7 +3,9 @@
 Carrier events arrive from the carrier's I/O thread as ``tell``s; frames for other
 agents (probes, later routing) leave on the bus as ``LinkFrameIn``, and their
 answers come back as ``LinkFrameOut``. Options: ``identity`` (an ``Identity``),
-``listen`` (endpoints), ``peers`` (endpoints), ``name``.
+``listen`` (endpoints), ``peers`` (endpoints), ``name``, ``admit`` (optional
+``(public_key, now) -> bool``, the network contract: a peer whose proven key it
+refuses is disconnected; on ``ContractChanged`` every link is checked again).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sporenet.protocols.link_manager import DialFailed, LinkManager
 from sporenet.protocols.messages import CloseCode, Probe, ProbeAck
 from sporenet.protocols.notices import (AgentStateChanged, LinkCounters, LinkDead, LinkFrameIn,
                                         LinkFrameOut, LinkListening, PeerUp)
+from sporenet.agents.contract import ContractChanged
 from sporenet.transports import carrier as ev
 from sporenet.transports.errors import TransportClosed
 from sporenet.transports.tcp import TcpCarrier
@@ -46,7 +49,7 @@ class GetLinkInfo:
 
 
 class LinkAgent(ProtocolAgent):
-    TOPICS = (LinkFrameOut.TOPIC, LinkDead.TOPIC, AgentStateChanged.TOPIC)
+    TOPICS = (LinkFrameOut.TOPIC, LinkDead.TOPIC, AgentStateChanged.TOPIC, ContractChanged.TOPIC)
 
     def make_protocol(self) -> LinkManager:
         identity = self.options["identity"]
@@ -59,7 +62,20 @@ class LinkAgent(ProtocolAgent):
         return LinkManager(identity, peers=list(self.options.get("peers", ())),
                            rng=random.Random(os.urandom(16)), now=self.clock.now(),
                            listen_endpoint=self._listening[0] if self._listening else "",
-                           name=self.options.get("name", ""))
+                           name=self.options.get("name", ""), admit=self._admit_hook())
+
+    def _admit_hook(self) -> Callable[[bytes, float], bool] | None:
+        admit = self.options.get("admit")
+        if admit is None:
+            return None
+
+        def check(public_key: bytes, now: float) -> bool:
+            ok = admit(public_key, now)
+            if not ok:
+                self.log.warning("peer_not_member", peer=public_key[:4].hex(),
+                                 detail="not a current member of the network contract; link closed")
+            return ok
+        return check
 
     def dispatch_table(self) -> dict[type, Callable[[Any], None]]:
         return {**super().dispatch_table(), SendFrame: self._send, Dial: self._dial,
@@ -111,6 +127,9 @@ class LinkAgent(ProtocolAgent):
             case LinkDead(node_id=nid, reason=reason):
                 self.log.info("link_dead", peer=nid[:4].hex(), reason=reason)
                 self.execute(lm.after(lm.table.disconnect(nid, CloseCode.DEAD, reason), now))
+            case ContractChanged(version=version):
+                self.log.info("contract_recheck", version=version)
+                self.execute(lm.after(lm.table.recheck(now), now))
             case AgentStateChanged(state="running", agent=agent) if agent != self.name:
                 self._announce()
         self._rearm()

@@ -28,6 +28,11 @@ It gets ``random.SystemRandom()`` (it makes keys) and ``wall_offset`` (Unix time
 the agent's monotonic clock, taken once: handshake stamps are Unix time). Peer keys
 come from the FIB snapshot's ``public_keys`` and from ``PeerUp``; ``GetSessions``
 returns the session rows (``sporenet sessions``).
+
+Contract: option ``reach`` (``(src_key, dst_key) -> bool``, the contract's
+``may_reach``) makes the session manager refuse handshakes from initiators that may
+not reach us and the overlay refuse sends to keys we may not reach; on
+``ContractChanged`` the sessions of revoked peers are removed (``Overlay.revoke``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from sporenet.protocols.route_table import RoutesChanged
 from sporenet.protocols.session_events import SendFailed
 from sporenet.protocols.sessions import SessionManager
 from sporenet.protocols.trace import TraceFailed, TraceResult
+from sporenet.agents.contract import ContractChanged
 
 from .base import ProtocolAgent
 
@@ -157,7 +163,7 @@ class _TopicEndpoint(MessageEndpoint):
 
 class OverlayAgent(ProtocolAgent):
     TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkFrameIn.TOPIC, RoutesChanged.TOPIC,
-              LinkMeasured.TOPIC)
+              LinkMeasured.TOPIC, ContractChanged.TOPIC)
 
     def make_protocol(self) -> Overlay:
         self._neighbours: dict[bytes, bytes] = {}
@@ -178,11 +184,14 @@ class OverlayAgent(ProtocolAgent):
             self._allow(endpoint, topic, None if senders is None else tuple(senders))
         forwarder = Forwarder(identity, link_stats=self._links.get,
                               route_metric=lambda dst: self._metrics.get(dst[:PREFIX_SIZE]))
-        return Overlay(forwarder, endpoint, sessions=self._session_manager(identity))
+        return Overlay(forwarder, endpoint, sessions=self._session_manager(identity),
+                       reach=self.options.get("reach"))
 
     def _session_manager(self, identity: Any) -> SessionManager:
         opts = dict(self.options.get("sessions") or {})
+        reach, me = self.options.get("reach"), identity.public_key
         return SessionManager(identity, rng=random.SystemRandom(),
+                              accept=None if reach is None else (lambda key: reach(key, me)),
                               pq=bool(opts.get("pq", True)),
                               pq_required=bool(opts.get("pq_required", False)),
                               wall_offset=time.time() - self.clock.now())
@@ -213,6 +222,10 @@ class OverlayAgent(ProtocolAgent):
                 self._links.pop(nid, None)
                 ov.forwarder.set_neighbours(dict(self._neighbours))
                 ov.set_neighbour_keys(self._neighbour_keys.values())
+            case ContractChanged(version=version):
+                self.log.info("contract_recheck", version=version)
+                self.execute(ov.revoke(self.clock.now()))
+                self._rearm()
             case RoutesChanged():
                 self._refresh_fib()
                 self._refresh_metrics()

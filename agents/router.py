@@ -4,7 +4,9 @@ Neighbours come from ``PeerUp``/``PeerDown``, link costs from the prober's
 ``LinkMeasured``, routing frames (0x10-0x1f) from ``link.rx``; updates and requests
 leave as ``LinkFrameOut``. The forwarding snapshot is ``Router.fib()``, an immutable
 mapping swapped by reference, which the data path will read without asking.
-Options: ``identity``, ``region``, ``update_interval`` (seconds).
+Options: ``identity``, ``region``, ``update_interval`` (seconds), ``admit`` (optional
+``(public_key, now) -> bool``, the network contract: updates of other origins are
+dropped; on ``ContractChanged`` destinations no longer admitted are purged).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, LinkMeasured, 
 from sporenet.protocols.route_table import (FrameFromNeighbour, LinkCostChanged, NeighbourDown,
                                             NeighbourUp, SendToNeighbour)
 from sporenet.protocols.router import Router
+from sporenet.agents.contract import ContractChanged
 
 from .base import ProtocolAgent
 
@@ -47,10 +50,13 @@ class ExplainRoute:
 
 
 class RouterAgent(ProtocolAgent):
-    TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkMeasured.TOPIC, LinkFrameIn.TOPIC)
+    TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkMeasured.TOPIC, LinkFrameIn.TOPIC,
+              ContractChanged.TOPIC)
 
     def make_protocol(self) -> Router:
-        kw = {}
+        kw: dict[str, Any] = {}
+        if self.options.get("admit") is not None:
+            kw["admit"] = self.options["admit"]
         if "update_interval" in self.options:
             kw["update_interval"] = float(self.options["update_interval"])
         return Router(self.options["identity"], rng=random.Random(os.urandom(16)),
@@ -83,6 +89,9 @@ class RouterAgent(ProtocolAgent):
                 self.feed(NeighbourDown(nid))
             case LinkMeasured(node_id=nid, cost=cost):
                 self.feed(LinkCostChanged(nid, cost))
+            case ContractChanged():
+                self.execute(self.protocol.purge(self.clock.now()))
+                self._rearm()
             case LinkFrameIn(node_id=nid, frame=frame) if len(frame) > 1 and frame[1] in _ROUTING_TYPES:
                 try:
                     msg = wire.decode_frame(frame)

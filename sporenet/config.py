@@ -67,6 +67,18 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ContractConfig:
+    """The network contract this node enforces (``docs/contracts.md``, "Enforcement").
+
+    ``file``: a contract JSON file (``sporenet contract``); ``ledger``: a ledger
+    directory (``sporenet contract publish --ledger``) the node watches for newer
+    versions. At least one; without ``file`` the ledger must hold exactly one network."""
+
+    file: Path | None = None
+    ledger: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSpec:
     """A custom agent listed in the config (``[[agents]]``)."""
 
@@ -96,6 +108,7 @@ class NodeConfig:
     # [topics]: topic -> canonical senders (addresses, networks), or None for anyone
     topics: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     unknown_topics: str = "accept"       # topics not in [topics]: "accept" or "refuse"
+    contract: ContractConfig | None = None  # None: an open network (no whitelist)
 
     @property
     def accept_unknown_topics(self) -> bool:
@@ -470,6 +483,27 @@ def _check_topics(value: Any, where: str, ctx: _Ctx) -> Any:
     return out if len(ctx.problems) == before else _BAD
 
 
+_CONTRACT_KEYS = {"file": _check_path, "ledger": _check_path}
+
+
+def _check_contract(value: Any, where: str, ctx: _Ctx) -> Any:
+    if isinstance(value, str):
+        path = _check_path(value, where, ctx)
+        return _BAD if path is _BAD else ContractConfig(file=path)
+    if not isinstance(value, dict):
+        return ctx.bad(where, value, 'is not a contract; expected a path "lab.json" or a '
+                                     'table [contract] with file = "lab.json" and/or '
+                                     'ledger = "DIR"')
+    before = len(ctx.problems)
+    out = _check_section(value, where, ctx, _CONTRACT_KEYS, "[contract]")
+    if len(ctx.problems) != before or out is _BAD:
+        return _BAD
+    if not out:
+        return ctx.bad(where, value, 'names no contract; expected file = "lab.json" and/or '
+                                     'ledger = "DIR"')
+    return ContractConfig(**out)
+
+
 _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "key_file": _check_path,
     "listen": _list_of(_endpoint_checker(allow_port_zero=True), f'["{DEFAULT_LISTEN}"]'),
@@ -486,6 +520,7 @@ _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "sessions": _check_sessions,
     "topics": _check_topics,
     "unknown_topics": _choice(UNKNOWN_TOPICS, "policy for topics without a rule"),
+    "contract": _check_contract,
 }
 
 
@@ -515,7 +550,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 _CLI_FLAGS = {"key_file": "--key-file", "listen": "--listen", "peers": "--peer", "api": "--api",
               "run_dir": "--run-dir", "name": "--name", "region": "--region",
-              "tun": "--tun/--no-tun",
+              "tun": "--tun/--no-tun", "contract": "--contract",
               "log_level": "--log-level", "log_format": "--log-format"}
 
 
@@ -532,6 +567,12 @@ def merge_cli(config: NodeConfig, **overrides: Any) -> NodeConfig:
         if key not in _CLI_FLAGS:
             raise TypeError(f"merge_cli() got an unknown option {key!r}")
         if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if key == "contract":  # --contract FILE replaces the file, keeps [contract] ledger
+            path = _check_path(os.fspath(value), _CLI_FLAGS[key], ctx)
+            if path is not _BAD:
+                changes[key] = ContractConfig(path, config.contract.ledger
+                                              if config.contract else None)
             continue
         if key in ("listen", "peers"):
             check = _endpoint_checker(allow_port_zero=(key == "listen"))

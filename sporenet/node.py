@@ -11,6 +11,12 @@ cost per link), ``router`` (Babel-style routes over link costs, signed with the 
 Messages ride end-to-end sessions (the overlay agent, the config's ``[sessions]``);
 with ``sessions.pq`` on, a node whose ``cryptography`` cannot do ML-KEM-768 refuses to
 start (``ValueError`` with ``require_mlkem``'s advice) rather than run classical only.
+
+With a ``contract`` in the config (docs/contracts.md, "Enforcement") the node loads and
+verifies it first and refuses to start (``ValueError``) if it is invalid or does not
+list this node; then the link, router and overlay agents admit only its members
+(``agents/contract.py``), and the ``contract`` agent adopts newer versions from the
+watched ledger or ``POST /v1/contract``. Without one the network is open.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import structlog
 
 from sporenet.agents.api import ApiAgent, GetApiAddress
 from sporenet.agents.bundle import AgentSpec, Bundle
+from sporenet.agents.contract import (ApplyContract, ContractAgent, ContractHolder, GetContract,
+                                      load_contract)
 from sporenet.agents.link import GetLinkInfo, LinkAgent
 from sporenet.agents.prober import ProberAgent
 from sporenet.agents.overlay import GetResult, OverlayAgent, StartTrace
@@ -40,6 +48,7 @@ from .config import NodeConfig
 
 log = structlog.get_logger("sporenet.node")
 BUILTIN_AGENTS = ("link", "prober", "router", "overlay", "api")
+RESERVED_AGENTS = BUILTIN_AGENTS + ("contract",)  # "contract" runs only with a contract
 EXPLAIN_TRACE_TIMEOUT = 2.0  # s: explain's path trace gives up after this
 
 
@@ -52,6 +61,10 @@ class Node:
                 require_mlkem()
             except MlkemUnavailable as e:
                 raise ValueError(f"{e} (or set sessions.pq = false in the node config)") from None
+        self.contract = ContractHolder()
+        if config.contract is not None:
+            self.contract.value = load_contract(config.contract.file, config.contract.ledger,
+                                                identity.public_key, time.time())
         self.run_dir = Path(config.run_dir or config.run_dir_for(identity.node_id))
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.info_path = self.run_dir / "node.json"
@@ -61,32 +74,59 @@ class Node:
         c, ident = self.config, self.identity
         fib = FibHolder()
         user = UserApi(lambda: self.bundle.agent("overlay"))
+        enforced = c.contract is not None
+        admit = self.contract.admits if enforced else None
+        reach = self.contract.may_reach if enforced else None
+        routes = user.routes()
+        if enforced:
+            routes.update({"GET /v1/contract": self._get_contract,
+                           "POST /v1/contract": self._post_contract})
         specs: list[Any] = [
             AgentSpec("api", ApiAgent, options={
                 "identity": ident, "api": c.api, "name": c.name, "region": c.region,
                 "agent_states": lambda: self.bundle.states(), "routes": self._routes,
-                "explain": self._explain, "extra_routes": user.routes()}),
+                "explain": self._explain, "extra_routes": routes}),
             AgentSpec("router", RouterAgent, options={"identity": ident, "fib_holder": fib,
-                                                      "region": c.region}),
+                                                      "region": c.region, "admit": admit}),
             AgentSpec("overlay", OverlayAgent, requires=("router",),
                       options={"identity": ident, "fib_holder": fib, "topics": dict(c.topics),
                                "accept_unknown_topics": c.accept_unknown_topics,
                                "sessions": {"pq": c.sessions.pq,
                                             "pq_required": c.sessions.pq_required},
                                "request_routes": lambda: self.bundle.agent("router").ask(
-                                   GetRoutes(), block=False)}),
+                                   GetRoutes(), block=False),
+                               "reach": reach}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
             AgentSpec("link", LinkAgent, requires=("prober", "router", "overlay", "api"),
                       options={"identity": ident, "listen": list(c.listen),
-                               "peers": list(c.peers), "name": c.name}),
+                               "peers": list(c.peers), "name": c.name, "admit": admit}),
         ]
+        if enforced:
+            specs.append(AgentSpec("contract", ContractAgent, requires=("link",), options={
+                "holder": self.contract, "ledger": c.contract.ledger}))
         for custom in c.agents:
-            if custom.name in BUILTIN_AGENTS:
+            if custom.name in RESERVED_AGENTS:
                 raise ValueError(f'agents: "{custom.name}" is a built-in agent name; choose another')
             specs.append(custom)
         return specs
+
+    def _get_contract(self) -> dict[str, Any]:
+        return self.bundle.agent("contract").ask(GetContract(), timeout=5)
+
+    def _post_contract(self, **doc: Any) -> dict[str, Any]:
+        """``POST /v1/contract`` with a contract file's JSON: adopt it if it verifies as
+        the next version of the one in force."""
+        from sporenet.commands.contract import from_json
+        try:
+            new = from_json(doc)
+        except Exception as e:  # KeyError, ValueError, LocalProtocolError: a bad document
+            raise ApiError(400, f"not a valid contract: {e!r}") from None
+        out = self.bundle.agent("contract").ask(ApplyContract(new), timeout=10)
+        if "error" in out:
+            raise ApiError(400, out["error"])
+        return out
 
     def _routes(self) -> dict[str, Any]:
         """For the API's server thread (not an actor), so asking is allowed."""

@@ -123,7 +123,7 @@ def test_each_bad_value_names_key_value_and_expectation(tmp_path, text, where, b
 def test_unknown_top_level_key_lists_valid_keys_and_suggests(tmp_path):
     (msg,) = problems_of('lisen = ["tcp://a:1"]', tmp_path)
     assert 'unknown key "lisen" in the top level; did you mean "listen"?' in msg
-    assert "valid keys: agents, api, key_file, listen, log_format, log_level, name, peers," in msg
+    assert "valid keys: agents, api, contract, key_file, listen, log_format, log_level, name, peers," in msg
 
 
 def test_unknown_key_in_section(tmp_path):

@@ -25,13 +25,16 @@ from sporenet.logs import configure_logging
 @click.option("--probe-interval", type=click.FloatRange(min=0.05), default=None,
               help="seconds between link probes (overrides [prober] interval; dead after 4x)")
 @click.option("--no-tun", is_flag=True, help="userspace only: do not create a TUN device")
+@click.option("--contract", "contract", type=click.Path(dir_okay=False),
+              help="network contract JSON file to enforce (overrides contract.file)")
 def command(config_path, key_file, listen, peer, api, run_dir, name, region, probe_interval,
-            no_tun) -> None:
+            no_tun, contract) -> None:
     """Run a node in the foreground."""
     try:
         config = load_config(config_path) if config_path else NodeConfig()
         config = merge_cli(config, key_file=key_file, listen=listen, peers=peer, api=api,
-                           run_dir=run_dir, name=name, region=region, tun=False if no_tun else None)
+                           run_dir=run_dir, name=name, region=region, tun=False if no_tun else None,
+                           contract=contract)
         if probe_interval is not None:
             config = dataclasses.replace(config, prober=dataclasses.replace(
                 config.prober, interval=probe_interval, dead_after=4 * probe_interval))
