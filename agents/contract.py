@@ -13,6 +13,13 @@ publishes ``ContractChanged``: links, routes and sessions of keys no longer admi
 are cut by their agents. Membership expiry needs no new version: the agent publishes
 ``ContractChanged`` again once a member's expiry has passed.
 
+Gossip: on ``PeerUp`` the agent sends the neighbour a ``ContractOffer`` (0x50) of the
+version in force, and after adopting a version it offers it to every neighbour. An
+offer of the next version is verified against the one in force and adopted; an offer
+further ahead asks its sender for the next version (``ContractRequest`` 0x51), so a
+node catches up one verified step at a time; an offer behind ours gets ours back. A
+request is answered from the versions this agent has held (and the ledger).
+
 Contract times are Unix seconds: the holder reads ``time.time()`` itself, whatever
 monotonic ``now`` the sans-IO callers pass.
 """
@@ -25,8 +32,11 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from sporenet.protocols import contract as ct
+from sporenet.protocols import wire
 from sporenet.protocols.base import Action, Event
-from sporenet.protocols.notices import Notice
+from sporenet.protocols.errors import DecodeError
+from sporenet.protocols.ledger import ContractOffer, ContractRequest
+from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, Notice, PeerDown, PeerUp
 
 from .base import ProtocolAgent
 
@@ -167,12 +177,15 @@ class _Ticker:
 
 class ContractAgent(ProtocolAgent):
     """Options: ``holder`` (a ``ContractHolder`` already loaded), ``ledger`` (a
-    directory to watch, or None)."""
+    directory to watch, or None), ``public_key`` (this node's, for a warning when a
+    version drops it)."""
 
-    TOPICS = ()
+    TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkFrameIn.TOPIC)
 
     def make_protocol(self) -> _Ticker:
         self._holder: ContractHolder = self.options["holder"]
+        self._peers: set[bytes] = set()
+        self._held: dict[int, ct.Contract] = {self._holder.value.version: self._holder.value}
         ledger = self.options.get("ledger")
         self._ledger = _ledger(Path(ledger)) if ledger else None
         self._expiry_checked = time.time()
@@ -190,21 +203,76 @@ class ContractAgent(ProtocolAgent):
                 return {"network": c.network, "version": c.version, "members": len(c.members)}
         return super().on_receive(message)
 
+    def on_bus(self, notice: Any) -> None:
+        match notice:
+            case PeerUp(node_id=nid):
+                self._peers.add(nid)
+                self._offer(nid, self._holder.value)
+            case PeerDown(node_id=nid):
+                self._peers.discard(nid)
+            case LinkFrameIn(node_id=nid, frame=frame) if len(frame) > 1 and frame[1] in (
+                    ContractOffer.TYPE, ContractRequest.TYPE):
+                try:
+                    msg = wire.decode_frame(frame)
+                except DecodeError as e:
+                    self.log.warning("bad_contract_frame", peer=nid[:4].hex(), error=str(e))
+                    return
+                if isinstance(msg, ContractOffer):
+                    self._on_offer(nid, msg.contract)
+                elif isinstance(msg, ContractRequest):
+                    self._on_request(nid, msg)
+
+    def _offer(self, nid: bytes, c: ct.Contract) -> None:
+        self.publish(LinkFrameOut(nid, wire.encode_frame(ContractOffer(c))))
+
+    def _on_offer(self, nid: bytes, c: ct.Contract) -> None:
+        current = self._holder.value
+        if c.network != current.network or c.version == current.version:
+            return
+        if c.version == current.version + 1:
+            self._apply(c, "gossip")
+        elif c.version > current.version + 1:
+            self.publish(LinkFrameOut(nid, wire.encode_frame(
+                ContractRequest(current.network, current.version + 1))))
+        else:
+            self._offer(nid, current)  # the peer is behind: it asks for what it misses
+
+    def _on_request(self, nid: bytes, req: ContractRequest) -> None:
+        current = self._holder.value
+        if req.network != current.network:
+            return
+        c = self._held.get(req.version or current.version)
+        if c is None and self._ledger is not None:
+            try:
+                c = self._ledger.get(req.network, req.version)
+            except Exception:
+                c = None
+        if c is not None:
+            self._offer(nid, c)
+
     def _apply(self, new: ct.Contract, source: str) -> dict:
         current = self._holder.value
         try:
             if not adopt(current, new, time.time()):
                 return {"network": current.network, "version": current.version, "adopted": False}
-            if self._ledger is not None and source == "api":
+            if self._ledger is not None and source != "ledger":
                 self._ledger.append(new)
         except Exception as e:  # ContractError, LedgerError: refused, the old one stays
             self.log.warning("contract_refused", source=source, version=new.version, error=str(e))
             return {"error": str(e)}
         self._holder.value = new
+        self._held[new.version] = new
         removed = len({m.public_key for m in current.members} - {m.public_key for m in new.members})
         self.log.info("contract_adopted", network=new.network, version=new.version,
                       source=source, members=len(new.members), removed=removed)
+        me = self.options.get("public_key")
+        if me is not None and not self._holder.admits(me):
+            self.log.warning("contract_excludes_this_node", network=new.network,
+                             version=new.version, detail="this node is no longer a member; "
+                             "members will refuse its links")
         self.publish(ContractChanged(new.network, new.version))
+        for nid in self._peers:
+            self._offer(nid, new)
         return {"network": new.network, "version": new.version, "adopted": True}
 
     def _poll(self, _: _Poll) -> None:

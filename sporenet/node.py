@@ -105,7 +105,8 @@ class Node:
         ]
         if enforced:
             specs.append(AgentSpec("contract", ContractAgent, requires=("link",), options={
-                "holder": self.contract, "ledger": c.contract.ledger}))
+                "holder": self.contract, "ledger": c.contract.ledger,
+                "public_key": ident.public_key}))
         for custom in c.agents:
             if custom.name in RESERVED_AGENTS:
                 raise ValueError(f'agents: "{custom.name}" is a built-in agent name; choose another')

@@ -2,12 +2,14 @@
 
 Members A, B, C and a non-member X: X is refused at A's link and gets no routes; A, B,
 C route and message; a version 2 without C (A reads it from its ledger, B gets it by
-``POST /v1/contract``) cuts C's links, routes and sessions within a bounded time.
+``POST /v1/contract`` or A's gossip) cuts C's links, routes and sessions within a
+bounded time. A version published at one node reaches the others by gossip.
 The first tests are fast: config keys, the holder, loading and adoption.
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from sporenet.ledger_file import FileLedger
 from sporenet.local_mesh import selected_routes, send_message, wait_for
 from sporenet.protocols import contract as ct
 from sporenet.protocols.identity import Identity
+from sporenet.protocols.sessions import SessionManager
 
 OWNER = Identity(bytes([42]) * 32)
 REVOKE_BOUND = 10.0  # s: a revocation must cut links, routes and sessions within this
@@ -117,6 +120,42 @@ def test_up_refuses_to_start_when_this_node_is_not_a_member(tmp_path):
     assert "sporenet contract add" in out.stderr
 
 
+def test_overlay_refuses_sends_the_contract_forbids_and_revokes_sessions():
+    from test_overlay_sessions import IDS, Line  # tests/ is on sys.path (rootdir, no package)
+    from sporenet.protocols.messaging import MessageReceived
+    from sporenet.protocols.session_events import SessionClosed
+    from sporenet.protocols.base import Publish
+    A, _, B = IDS
+    line = Line()
+    a, _, b = line.ovs
+    a.reach = lambda src, dst: dst != B.public_key  # A may not reach B
+    line.act(0, a.send(B.address, "chat", b"no", line.now)[1])
+    line.run()
+    assert a.counters["not_member"] >= 1 and line.of(2, MessageReceived) == []
+    assert a.sessions.sessions(line.now) == []
+
+    line = Line()
+    a, _, b = line.ovs
+    b.sessions = SessionManager(B, rng=random.Random(7), pq=False,
+                                accept=lambda key: key != A.public_key)  # B refuses A
+    line.act(0, a.send(B.address, "chat", b"no", line.now)[1])
+    line.run()
+    assert line.of(2, MessageReceived) == [] and b.sessions.sessions(line.now) == []
+
+    line = Line()
+    a, _, b = line.ovs
+    line.act(0, a.send(B.address, "chat", b"yes", line.now)[1])
+    line.run()
+    assert len(line.of(2, MessageReceived)) == 1 and len(a.sessions.sessions(line.now)) == 1
+    members = {A.public_key, B.public_key}
+    a.reach = lambda src, dst: src in members and dst in members
+    assert a.revoke(line.now) == []
+    members.discard(B.public_key)
+    acts = a.revoke(line.now)
+    assert a.sessions.sessions(line.now) == [] and a.counters["sessions_revoked"] == 1
+    assert any(isinstance(x, Publish) and isinstance(x.message, SessionClosed) for x in acts)
+
+
 # -- slow: real nodes ----------------------------------------------------------------
 
 
@@ -165,7 +204,7 @@ def test_members_route_non_member_is_refused_and_revocation_cuts_links_routes_se
     v2 = revoke(v1, keys["c"])
     start = time.monotonic()
     assert FileLedger(ledger).append(v2)          # a watches the ledger
-    assert b.api.post("/v1/contract", to_json(v2))["adopted"] is True
+    assert b.api.post("/v1/contract", to_json(v2))["version"] == 2  # (or a's gossip came first)
     assert b.api.get("/v1/contract")["version"] == 2
 
     def c_cut() -> bool:
@@ -178,3 +217,25 @@ def test_members_route_non_member_is_refused_and_revocation_cuts_links_routes_se
     assert send_message(a, ids["b"], "t", "still here")["state"] == "delivered"
     assert ids["c"] not in _peer_ids(a) | _peer_ids(b)  # c redials and is refused
     assert a.alive() and b.alive()
+
+
+@pytest.mark.slow
+def test_a_new_version_spreads_by_gossip_one_verified_step_at_a_time(mesh):
+    keys = {n: _key(mesh, n) for n in ("a", "b", "c", "d")}
+    v1 = contract_for({n: keys[n] for n in ("a", "b", "c")})
+    v2 = ct.sign(ct.add_member(v1, keys["d"], "d"), OWNER)
+    v3 = ct.sign(ct.set_rules(v2, [("*", "*"), ("ops", "*")]), OWNER)
+    lab, ledger = mesh.base_dir / "lab.json", mesh.base_dir / "ledger"
+    write_contract(lab, v1)
+    (mesh.base_dir / "a.toml").write_text(f'[contract]\nfile = "{lab}"\nledger = "{ledger}"\n')
+    a = mesh.start_node("a", extra_args=("--config", str(mesh.base_dir / "a.toml")))
+    b = mesh.start_node("b", [a.endpoint], extra_args=("--contract", str(lab)))
+    c = mesh.start_node("c", [b.endpoint], extra_args=("--contract", str(lab)))  # a line a-b-c
+    wait_for(lambda: mesh.nodes["c"].node_id in selected_routes(a), 30, "a to route to c")
+    led = FileLedger(ledger)
+    assert led.append(v2) and led.append(v3)  # a adopts 2 then 3 and offers each
+    wait_for(lambda: all(n.api.get("/v1/contract")["version"] == 3 for n in (a, b, c)), 15,
+             "version 3 to reach b and c by gossip")
+    write_contract(lab.with_name("lab3.json"), v3)  # d starts from version 3 and is admitted
+    d = mesh.start_node("d", [c.endpoint], extra_args=("--contract", str(lab.with_name("lab3.json"))))
+    wait_for(lambda: d.node_id in selected_routes(a), 30, "a to route to the new member d")
