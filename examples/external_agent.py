@@ -79,6 +79,10 @@ def main() -> int:
     seen = 0
     try:
         while args.count == 0 or seen < args.count:
+            # Poll with a timeout rather than block in recv: Python runs its SIGINT
+            # handler between calls, so ^C is seen within 0.2 s however busy the host.
+            if not sub.poll(200):
+                continue
             topic, payload = sub.recv_multipart()
             if topic.startswith(b"_bus."):
                 continue  # the bus's own sync traffic
