@@ -230,12 +230,15 @@ def test_a_new_version_spreads_by_gossip_one_verified_step_at_a_time(mesh):
     (mesh.base_dir / "a.toml").write_text(f'[contract]\nfile = "{lab}"\nledger = "{ledger}"\n')
     a = mesh.start_node("a", extra_args=("--config", str(mesh.base_dir / "a.toml")))
     b = mesh.start_node("b", [a.endpoint], extra_args=("--contract", str(lab)))
-    c = mesh.start_node("c", [b.endpoint], extra_args=("--contract", str(lab)))  # a line a-b-c
-    wait_for(lambda: mesh.nodes["c"].node_id in selected_routes(a), 30, "a to route to c")
+    wait_for(lambda: mesh.nodes["b"].node_id in selected_routes(a), 30, "a to route to b")
     led = FileLedger(ledger)
     assert led.append(v2) and led.append(v3)  # a adopts 2 then 3 and offers each
-    wait_for(lambda: all(n.api.get("/v1/contract")["version"] == 3 for n in (a, b, c)), 15,
-             "version 3 to reach b and c by gossip")
+    wait_for(lambda: all(n.api.get("/v1/contract")["version"] == 3 for n in (a, b)), 15,
+             "version 3 to reach b by gossip")
+    # c starts from version 1: b's offer of 3 is ahead, so c asks b for 2, then takes 3.
+    c = mesh.start_node("c", [b.endpoint], extra_args=("--contract", str(lab)))
+    wait_for(lambda: c.api.get("/v1/contract")["version"] == 3, 15,
+             "c to catch up from version 1 to 3 through b")
     write_contract(lab.with_name("lab3.json"), v3)  # d starts from version 3 and is admitted
     d = mesh.start_node("d", [c.endpoint], extra_args=("--contract", str(lab.with_name("lab3.json"))))
     wait_for(lambda: d.node_id in selected_routes(a), 30, "a to route to the new member d")
