@@ -129,6 +129,7 @@ def test_messages_get_through_again_after_the_receiver_restarts(mesh):
     wait_for(lambda: c.node_id in selected(a), 60, "A to learn a route to C")
     out = cli("send", "--api", a.info["api"], "--to", c.info["address"], "first")
     assert out.returncode == 0, out.stdout + out.stderr
+    before = a.api.get("/v1/sessions")["counters"].get("handshakes", 0)
     assert mesh.stop_node("c") == 0
     c = mesh.start_node("c", peers=[b.endpoint])  # same key: A's session keys are stale
     wait_for(lambda: c.node_id in selected(a) and a.node_id in selected(c), 60,
@@ -138,4 +139,7 @@ def test_messages_get_through_again_after_the_receiver_restarts(mesh):
     assert out.returncode == 0, out.stdout + out.stderr
     got = cli("recv", "--api", c.info["api"], "--json")
     assert [json.loads(line)["data"] for line in got.stdout.splitlines()] == ["second"]
-    assert a.api.get("/v1/sessions")["counters"].get("no_answer_rekey", 0) >= 1
+    # A has new keys with the restarted C: its no-answer rule fired, or C's own
+    # handshake (C has nothing for A either) won the race.
+    counters = a.api.get("/v1/sessions")["counters"]
+    assert counters.get("no_answer_rekey", 0) >= 1 or counters.get("handshakes", 0) > before

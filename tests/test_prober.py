@@ -223,9 +223,11 @@ def test_cost_is_strictly_increasing_in_rtt(loss):
 
 def test_cost_values():
     assert link_cost(9.0, 0.0) == 10.0  # rtt + 1 ms per hop
-    assert link_cost(9.0, 0.5) == 240.0  # x (1 + 10 x 0.5) / 0.5^2
-    assert link_cost(9.0, 0.02) == pytest.approx(10.0 * 1.2 / 0.98 ** 2)  # 2 %: +25 %
-    assert link_cost(9.0, 0.02) > 1.2 * link_cost(9.0, 0.0)
+    assert link_cost(9.0, 0.5) == 40.0 + 500.0  # / 0.5^2, + 1000 ms x 0.5
+    assert link_cost(9.0, 0.02) == pytest.approx(10.0 / 0.98 ** 2 + 20.0)
+    # the price of loss does not shrink with the link: 2 % costs 20 ms on any link
+    assert link_cost(0.5, 0.02) - link_cost(0.5, 0.0) > 20.0
+    assert link_cost(100.0, 0.02) - link_cost(100.0, 0.0) > 20.0
     assert link_cost(0.0, 0.0) == 1.0
 
 
