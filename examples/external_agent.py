@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -62,6 +63,10 @@ def show(value: object) -> str:
     return value.hex() if isinstance(value, bytes) else repr(value)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default=os.environ.get("SPORENET_RUN_DIR"),
@@ -71,6 +76,10 @@ def main() -> int:
                     help=f"topic prefix to hear, repeatable (default: {' '.join(TOPICS)})")
     ap.add_argument("--count", type=int, default=0, help="exit after N notices (0: run until ^C)")
     args = ap.parse_args()
+    # ^C and SIGTERM stop us cleanly even when started with SIGINT ignored (a child of
+    # a background job inherits that, and Python then never raises KeyboardInterrupt).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     pub, sub = connect(args.run_dir)
     for t in args.topics or TOPICS:
         sub.setsockopt(zmq.SUBSCRIBE, t.encode())
