@@ -4,7 +4,7 @@
 its ``admits`` / ``may_reach`` as their admission hooks (a plain reference, read
 without asking anyone, like the router's ``FibHolder``). ``load_contract`` is what
 ``Node`` runs at start: it refuses an invalid contract or one that does not list this
-node. ``ContractAgent`` keeps the holder current: every ``POLL_INTERVAL`` it reads
+node. ``ContractAgent`` keeps the holder current: every second (``POLL_INTERVAL``) it reads
 the watched ledger directory (``sporenet contract publish --ledger DIR``), and
 ``ApplyContract`` (``POST /v1/contract``) pushes a version by hand. A newer version
 that verifies against the one in force (same network, next version, the previous
@@ -13,12 +13,20 @@ publishes ``ContractChanged``: links, routes and sessions of keys no longer admi
 are cut by their agents. Membership expiry needs no new version: the agent publishes
 ``ContractChanged`` again once a member's expiry has passed.
 
-Gossip: on ``PeerUp`` the agent sends the neighbour a ``ContractOffer`` (0x50) of the
-version in force, and after adopting a version it offers it to every neighbour. An
-offer of the next version is verified against the one in force and adopted; an offer
-further ahead asks its sender for the next version (``ContractRequest`` 0x51), so a
-node catches up one verified step at a time; an offer behind ours gets ours back. A
-request is answered from the versions this agent has held (and the ledger).
+Gossip (``protocols.contract_gossip.ContractGossip``, the agent's protocol): on
+``PeerUp`` the neighbour gets an offer of the version in force (whole, or announced and
+sent in chunks when larger than a frame), and after adopting a version every neighbour
+does. An offer of the next version is verified against the one in force and adopted;
+one further ahead asks its sender for the next version, so a node catches up one
+verified step at a time; one behind ours gets ours back. Requests are answered from
+the versions this agent has held (and the ledger).
+
+Forks: a different, validly signed body for a version this node holds (by gossip, by
+``POST /v1/contract`` or against its ledger) is refused, and the agent alerts: a
+``contract_fork`` warning naming the network, version and both hashes, the
+``fork_alerts`` counter and ``forks`` in ``GET /v1/contract``, and the evidence (both
+signed versions) saved as ``<ledger>/<network>.forks/*.fork`` (without a ledger under
+``<run_dir>/contract-forks/``). The protocol passes the evidence on to the neighbours.
 
 Contract times are Unix seconds: the holder reads ``time.time()`` itself, whatever
 monotonic ``now`` the sans-IO callers pass.
@@ -33,14 +41,12 @@ from typing import Any, Callable, ClassVar
 
 from sporenet.protocols import contract as ct
 from sporenet.protocols import wire
-from sporenet.protocols.base import Action, Event
-from sporenet.protocols.errors import DecodeError
-from sporenet.protocols.ledger import ContractOffer, ContractRequest
+from sporenet.protocols.contract_gossip import (Candidate, ContractGossip, ForkDetected, Poll,
+                                                SendTo, Warn)
 from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, Notice, PeerDown, PeerUp
 
 from .base import ProtocolAgent
 
-POLL_INTERVAL = 1.0  # s between reads of the watched ledger (a stat when nothing changed)
 
 
 class ContractLoadError(ValueError):
@@ -144,35 +150,15 @@ def adopt(current: ct.Contract, new: ct.Contract, now: float) -> bool:
 @dataclass(frozen=True, slots=True)
 class ApplyContract:
     """``ask`` it: adopt this version if it verifies as the next one. Answers
-    ``{"network", "version", "adopted": bool}`` or ``{"error": message}``."""
+    ``{"network", "version", "adopted": bool}`` or ``{"error": message}`` (with
+    ``"fork": True`` when the version forks from one this node holds)."""
 
     contract: ct.Contract
 
 
 class GetContract:
-    """``ask`` it: ``{"network", "version", "members"}`` of the version in force."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Poll(Action):
-    pass
-
-
-class _Ticker:
-    """The agent's protocol: a poll every ``POLL_INTERVAL``."""
-
-    def __init__(self, now: float) -> None:
-        self._due = now
-
-    def handle(self, event: Event, now: float) -> list[Action]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return self._due
-
-    def on_timer(self, now: float) -> list[Action]:
-        self._due = now + POLL_INTERVAL
-        return [_Poll()]
+    """``ask`` it: ``{"network", "version", "hash", "members", "forks": [...],
+    "fork_alerts", "counters"}`` of the version in force."""
 
 
 class ContractAgent(ProtocolAgent):
@@ -182,83 +168,88 @@ class ContractAgent(ProtocolAgent):
 
     TOPICS = (PeerUp.TOPIC, PeerDown.TOPIC, LinkFrameIn.TOPIC)
 
-    def make_protocol(self) -> _Ticker:
+    def make_protocol(self) -> ContractGossip:
         self._holder: ContractHolder = self.options["holder"]
-        self._peers: set[bytes] = set()
         self._held: dict[int, ct.Contract] = {self._holder.value.version: self._holder.value}
         ledger = self.options.get("ledger")
         self._ledger = _ledger(Path(ledger)) if ledger else None
+        run_dir = self.ctx.run_dir or Path(".")
+        self._evidence_dir = Path(ledger) if ledger else Path(run_dir) / "contract-forks"
+        self._evidence_paths: dict[bytes, str] = {}
+        self._fork_alerts = 0
         self._expiry_checked = time.time()
-        return _Ticker(self.clock.now())
+        return ContractGossip(lambda: self._holder.value, self._held_version, self.clock.now())
 
     def dispatch_table(self) -> dict[type, Callable[[Any], None]]:
-        return {**super().dispatch_table(), _Poll: self._poll}
+        return {**super().dispatch_table(), Poll: self._poll, SendTo: self._send,
+                Candidate: lambda a: self._apply(a.contract, "gossip", a.peer),
+                ForkDetected: self._alert, Warn: lambda a: self.log.warning(a.event, **a.fields)}
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case ApplyContract(contract=c):
-                return self._apply(c, "api")
+                out = self._apply(c, "api")
+                self._rearm()
+                return out
             case GetContract():
-                c = self._holder.value
-                return {"network": c.network, "version": c.version, "members": len(c.members)}
+                c, gossip = self._holder.value, self.protocol
+                forks = [{**row, "evidence": self._evidence_paths.get(bytes.fromhex(row["id"]))}
+                         for row in gossip.summaries(self.clock.now())]
+                return {"network": c.network, "version": c.version, "hash": c.hash.hex(),
+                        "members": len(c.members), "forks": forks,
+                        "fork_alerts": self._fork_alerts,
+                        "counters": {**gossip.counters, **gossip.fetcher.counters,
+                                     **gossip.forks.counters}}
         return super().on_receive(message)
 
-    def on_bus(self, notice: Any) -> None:
-        match notice:
-            case PeerUp(node_id=nid):
-                self._peers.add(nid)
-                self._offer(nid, self._holder.value)
-            case PeerDown(node_id=nid):
-                self._peers.discard(nid)
-            case LinkFrameIn(node_id=nid, frame=frame) if len(frame) > 1 and frame[1] in (
-                    ContractOffer.TYPE, ContractRequest.TYPE):
-                try:
-                    msg = wire.decode_frame(frame)
-                except DecodeError as e:
-                    self.log.warning("bad_contract_frame", peer=nid[:4].hex(), error=str(e))
-                    return
-                if isinstance(msg, ContractOffer):
-                    self._on_offer(nid, msg.contract)
-                elif isinstance(msg, ContractRequest):
-                    self._on_request(nid, msg)
-
-    def _offer(self, nid: bytes, c: ct.Contract) -> None:
-        self.publish(LinkFrameOut(nid, wire.encode_frame(ContractOffer(c))))
-
-    def _on_offer(self, nid: bytes, c: ct.Contract) -> None:
-        current = self._holder.value
-        if c.network != current.network or c.version == current.version:
-            return
-        if c.version == current.version + 1:
-            self._apply(c, "gossip")
-        elif c.version > current.version + 1:
-            self.publish(LinkFrameOut(nid, wire.encode_frame(
-                ContractRequest(current.network, current.version + 1))))
-        else:
-            self._offer(nid, current)  # the peer is behind: it asks for what it misses
-
-    def _on_request(self, nid: bytes, req: ContractRequest) -> None:
-        current = self._holder.value
-        if req.network != current.network:
-            return
-        c = self._held.get(req.version or current.version)
+    def _held_version(self, version: int) -> ct.Contract | None:
+        c = self._held.get(version)
         if c is None and self._ledger is not None:
             try:
-                c = self._ledger.get(req.network, req.version)
-            except Exception:
+                c = self._ledger.get(self._holder.value.network, version)
+            except Exception:  # an unreadable ledger: the poll reports it
                 c = None
-        if c is not None:
-            self._offer(nid, c)
+        return c
 
-    def _apply(self, new: ct.Contract, source: str) -> dict:
-        current = self._holder.value
+    def _send(self, a: SendTo) -> None:
+        self.publish(LinkFrameOut(a.peer, wire.encode_frame(a.message)))
+
+    def _alert(self, a: ForkDetected) -> None:
+        ev = a.evidence
+        kept = self._held_version(ev.version)
         try:
-            if not adopt(current, new, time.time()):
+            from sporenet.ledger_file import save_fork
+            path = str(save_fork(self._evidence_dir, ev))
+            self._evidence_paths[ev.id] = path
+        except Exception as e:  # LedgerError, OSError: alert anyway
+            path = f"not saved: {e}"
+        self._fork_alerts += 1
+        first, second = ev.hashes
+        self.log.warning(
+            "contract_fork", network=ev.network, version=ev.version,
+            hashes=[first.hex(), second.hex()], kept=kept.hash.hex() if kept else None,
+            source=a.source, peer=a.peer[:4].hex() if a.peer else None, evidence=path,
+            detail="the owners (or someone with their keys) signed two different versions; "
+                   "this node keeps its version and refuses the other. Owners: find out who "
+                   "signed what (`sporenet contract forks`), rotate compromised keys")
+
+    def _apply(self, new: ct.Contract, source: str, peer: bytes | None = None) -> dict:
+        current, now = self._holder.value, time.time()
+        fork = self.protocol.check_fork(new, peer, source, self.clock.now())
+        if fork is not None:
+            self.execute(fork)
+            mine = self._held_version(new.version)
+            return {"error": f"version {new.version} of network {new.network} forks from the one "
+                    f"this node holds (hash {mine.hash.hex() if mine else '?'}, offered "
+                    f"{new.hash.hex()}): refused, see `forks` in /v1/contract", "fork": True}
+        try:
+            if not adopt(current, new, now):
                 return {"network": current.network, "version": current.version, "adopted": False}
             if self._ledger is not None and source != "ledger":
                 self._ledger.append(new)
         except Exception as e:  # ContractError, LedgerError: refused, the old one stays
             self.log.warning("contract_refused", source=source, version=new.version, error=str(e))
+            self.execute(self.protocol.refused(peer, new, e, self.clock.now()))
             return {"error": str(e)}
         self._holder.value = new
         self._held[new.version] = new
@@ -271,11 +262,10 @@ class ContractAgent(ProtocolAgent):
                              version=new.version, detail="this node is no longer a member; "
                              "members will refuse its links")
         self.publish(ContractChanged(new.network, new.version))
-        for nid in self._peers:
-            self._offer(nid, new)
+        self.execute(self.protocol.adopted(new, self.clock.now()))
         return {"network": new.network, "version": new.version, "adopted": True}
 
-    def _poll(self, _: _Poll) -> None:
+    def _poll(self, _: Poll) -> None:
         current = self._holder.value
         if self._ledger is not None:
             try:

@@ -19,8 +19,13 @@ Guarantees every backend gives, per network id:
 Gossip frames (0x50-0x5f) let nodes' ledgers catch up; integers big-endian:
 
 - ``ContractOffer`` 0x50: ``contract.encode(c)`` (the rest of the frame). A contract
-  larger than one frame (about 1,000 members) needs another carrier (a later step).
+  larger than one frame (about 1,000 members) is announced and sent in chunks instead:
+  ``ContractAnnounce`` 0x52, ``ContractChunkRequest`` 0x53, ``ContractChunk`` 0x54
+  (``contract_transfer``).
 - ``ContractRequest`` 0x51: ``network:text8 | version:u64`` (0: the latest held).
+- ``ContractFork`` 0x55: fork evidence, two signed versions (``contract_fork``).
+
+What a node does with them: ``contract_gossip.ContractGossip``.
 """
 
 from __future__ import annotations
@@ -153,3 +158,8 @@ class ContractRequest(wire.Message):
             return cls(network, version)
         except LocalProtocolError as exc:
             raise DecodeError(str(exc)) from None
+
+
+# The other contract frames register when their modules load; import them with the
+# ledger so that every node that speaks 0x50/0x51 also knows 0x52-0x55.
+from . import contract_fork, contract_transfer  # noqa: E402,F401

@@ -30,11 +30,13 @@ from pathlib import Path
 
 from sporenet.protocols.contract import (MAX_CONTRACT_SIZE, NAME_PATTERN, Contract, ContractError,
                                          decode, encode)
+from sporenet.protocols.contract_fork import ForkEvidence, decode_evidence, encode_evidence
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.ledger import Ledger, check_append
 
 MAGIC = b"sporenet-ledger-v1\n"
 SUFFIX = ".ledger"
+FORKS_SUFFIX = ".forks"   # <directory>/<network>.forks/v<version>-<fork id>.fork
 _HEADER = struct.Struct("!I32s")
 _NO_RECORD = bytes(32)
 
@@ -209,3 +211,45 @@ def _fsync_dir(directory: Path) -> None:
         pass  # some filesystems cannot fsync a directory; the file itself is synced
     finally:
         os.close(fd)
+
+
+# -- fork evidence, kept next to the ledger ---------------------------------------------
+
+
+def save_fork(directory: str | os.PathLike[str], ev: ForkEvidence) -> Path:
+    """Store fork evidence (both signed versions, ``contract_fork.encode_evidence``) as
+    ``<directory>/<network>.forks/v<version>-<fork id[:16]>.fork``, atomically and
+    fsync'd; an existing file of the same fork is kept. Returns the path."""
+    folder = Path(directory) / f"{ev.network}{FORKS_SUFFIX}"
+    path = folder / f"v{ev.version}-{ev.id.hex()[:16]}.fork"
+    if path.exists():
+        return path
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(encode_evidence(ev))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LedgerError(f"cannot store fork evidence in {folder}: {exc.strerror}") from None
+    return path
+
+
+def load_forks(directory: str | os.PathLike[str]) -> list[tuple[Path, ForkEvidence]]:
+    """Every fork evidence file under ``directory`` (a ledger directory, or a
+    ``<network>.forks`` folder), decoded; ``LedgerError`` names a file that is not."""
+    root = Path(directory)
+    files = sorted(root.glob("*.fork")) + sorted(root.glob(f"*{FORKS_SUFFIX}/*.fork"))
+    out = []
+    for path in files:
+        try:
+            out.append((path, decode_evidence(path.read_bytes())))
+        except OSError as exc:
+            raise LedgerError(f"cannot read fork evidence {path}: {exc.strerror}") from None
+        except DecodeError as exc:
+            raise LedgerError(f"{path} is not fork evidence ({exc}); move it away") from None
+    return out
