@@ -171,3 +171,45 @@ def test_show_json(keys, draft):
     assert doc["hash"] == read_contract(draft).hash.hex()
     code, out = run("show", draft)
     assert "alice" in out and "app -> db" in out and "status    signed" in out
+
+
+def _fork(tmp_path, keys, draft):
+    """Two different signed versions 2 of the draft's network, stored as evidence."""
+    from sporenet.ledger_file import save_fork
+    from sporenet.protocols import contract as ct
+    from sporenet.protocols.contract_fork import ForkEvidence
+    sign(draft, keys["o1"], keys["o2"])
+    v1 = read_contract(draft)
+    v2a = ct.sign(ct.sign(ct.set_flag(v1, "pq", "off"), OWNERS[0]), OWNERS[1])
+    v2b = ct.sign(ct.sign(ct.set_flag(v1, "pq", "preferred"), OWNERS[0]), OWNERS[1])
+    ev = ForkEvidence.of(v2a, v2b)
+    path = save_fork(tmp_path / "ledger", ev)
+    assert save_fork(tmp_path / "ledger", ev) == path  # stored once
+    return ev, path
+
+
+def test_forks_lists_and_exports_the_evidence_and_show_names_it(tmp_path, keys, draft):
+    ev, path = _fork(tmp_path, keys, draft)
+    assert path == tmp_path / "ledger" / "lab.forks" / f"v2-{ev.id.hex()[:16]}.fork"
+    code, out = run("forks", tmp_path / "ledger", "--export", tmp_path / "out")
+    assert code == 0, out
+    assert "FORK of network lab at version 2" in out and ev.first.hash.hex() in out
+    assert ev.second.hash.hex() in out and "rotate" in out
+    exported = sorted((tmp_path / "out").glob("lab-v2-*.json"))
+    assert [read_contract(p) for p in exported] == sorted([ev.first, ev.second],
+                                                          key=lambda c: c.hash.hex()[:16])
+    code, out = run("show", draft, "--ledger", tmp_path / "ledger")
+    assert code == 0 and "FORK      version 2" in out and ev.first.hash.hex() in out
+    code, out = run("show", draft, "--ledger", tmp_path / "ledger", "--json")
+    assert json.loads(out)["forks"][0]["id"] == ev.id.hex()
+    code, out = run("forks", tmp_path / "nothing")
+    assert code == 0 and "no fork evidence" in out
+
+
+def test_forks_refuses_a_file_that_is_not_evidence_and_status_needs_a_node(tmp_path, keys, draft):
+    _, path = _fork(tmp_path, keys, draft)
+    path.write_bytes(b"junk")
+    code, out = run("forks", tmp_path / "ledger")
+    assert code == 1 and str(path) in out and "not fork evidence" in out
+    code, out = run("status", "--api", "127.0.0.1:9")
+    assert code == 1 and "Error:" in out

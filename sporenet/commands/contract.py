@@ -20,7 +20,7 @@ from typing import Any, Callable
 import click
 
 from sporenet.keyfile import KeyFileError, load_key_file
-from sporenet.ledger_file import FileLedger, LedgerError
+from sporenet.ledger_file import FileLedger, LedgerError, load_forks
 from sporenet.protocols import contract as ct
 from sporenet.protocols.errors import LocalProtocolError
 
@@ -328,13 +328,17 @@ def _when(stamp: int | None) -> str:
 @command.command("show")
 @click.argument("file", type=_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print the file's JSON plus the hash.")
-def show(file: Path, as_json: bool) -> None:
-    """Show a contract: owners, members, rules, signatures."""
+@click.option("--ledger", type=click.Path(file_okay=False, path_type=Path),
+              help="Ledger directory: also list the forks of this network stored there.")
+def show(file: Path, as_json: bool, ledger: Path | None) -> None:
+    """Show a contract: owners, members, rules, signatures (and forks, with --ledger)."""
     def action() -> None:
         c, now = read_contract(file), time.time()
+        forks = [ev.summary() for _, ev in load_forks(ledger) if ev.network == c.network] \
+            if ledger else []
         if as_json:
-            click.echo(json.dumps({**to_json(c), "hash": c.hash.hex(), "signed": ct.is_signed(c)},
-                                  indent=2))
+            click.echo(json.dumps({**to_json(c), "hash": c.hash.hex(), "signed": ct.is_signed(c),
+                                   **({"forks": forks} if ledger else {})}, indent=2))
             return
         signed = {s.public_key for s in c.signatures}
         click.echo(f"network   {c.network}\nversion   {c.version}\nhash      {c.hash.hex()}")
@@ -350,4 +354,10 @@ def show(file: Path, as_json: bool) -> None:
             click.echo(f"  {m.name}  {m.public_key.hex()}  groups {','.join(m.groups) or '-'}  {state}")
         click.echo("rules     " + (", ".join(f"{r.src} -> {r.dst}" for r in c.rules) or "none (deny all)"))
         click.echo(f"status    {'signed' if ct.is_signed(c) else 'draft: needs signatures'}")
+        for f in forks:
+            click.echo(f"FORK      version {f['version']}: {' / '.join(f['hashes'])} "
+                       f"(`sporenet contract forks {ledger}`)")
     _run(action)
+
+
+from . import contract_forks  # noqa: E402,F401  (adds `contract status` and `contract forks`)
