@@ -16,8 +16,7 @@ from sporenet.protocols.contract_fork import (ContractFork, ForkEvidence, ForkMo
                                               encode_evidence, find_fork, fork_id, is_fork)
 from sporenet.protocols.contract_gossip import (Candidate, ContractGossip, ForkDetected, Poll,
                                                 Warn)
-from sporenet.protocols.contract_transfer import (ContractAnnounce, ContractChunk, SendTo,
-                                                  fits_one_frame)
+from sporenet.protocols.contract_transfer import SendTo, fits_one_frame
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.identity import Identity
 from sporenet.protocols.ledger import ContractOffer, ContractRequest
