@@ -26,6 +26,8 @@ Invariants (``Fetcher``, the receiving side; sans-IO, ``now`` is passed in):
 - Memory is bounded: at most ``MAX_TRANSFERS`` transfers at once, each holding at most
   its announced size (≤ ``MAX_PAYLOAD``) of bytes that actually arrived; nothing is
   allocated from a declared length.
+- Announcements that arrive while ``MAX_TRANSFERS`` run wait (at most ``MAX_WAITING``,
+  newest kept) and start when a transfer ends.
 - A transfer that makes no progress for ``REQUEST_TIMEOUT`` is asked again from the
   first missing byte, ``MAX_RETRIES`` times, then moves to another peer that announced
   the same digest, or is dropped; none lives past ``TRANSFER_TIMEOUT``.
@@ -55,6 +57,7 @@ MAX_RETRIES = 3
 TRANSFER_TIMEOUT = 120.0           # s: a whole transfer, whatever its progress
 BAN_TIME = 60.0                    # s a peer's announcements are ignored after a bad transfer
 MAX_ALTERNATES = 8                 # other peers remembered per transfer
+MAX_WAITING = 4                    # announcements kept while MAX_TRANSFERS are busy
 MAX_TRACKED_PEERS = 256            # bound of the ban and rate tables
 KIND_CONTRACT = 1
 KIND_FORK = 2
@@ -261,6 +264,7 @@ class Fetcher:
     def __init__(self, max_transfers: int = MAX_TRANSFERS) -> None:
         self.max_transfers = max_transfers
         self._transfers: dict[bytes, _Transfer] = {}
+        self._waiting: dict[bytes, tuple[bytes, ContractAnnounce]] = {}
         self._banned: dict[bytes, float] = {}
         self.counters: Counter[str] = Counter()
         self.bad_peers: Counter[bytes] = Counter()
@@ -287,6 +291,10 @@ class Fetcher:
             return []
         if len(self._transfers) >= self.max_transfers:
             self.counters["busy"] += 1
+            self._waiting.pop(ann.digest, None)
+            self._waiting[ann.digest] = (peer, ann)
+            if len(self._waiting) > MAX_WAITING:
+                self._waiting.pop(next(iter(self._waiting)))
             return []
         t = _Transfer(peer, ann, now, now + REQUEST_TIMEOUT)
         self._transfers[ann.digest] = t
@@ -328,7 +336,7 @@ class Fetcher:
             t.buf.clear()
             return self._drop(t, now, "the payload does not match its announced digest", bad=True)
         self.counters["completed"] += 1
-        return [Fetched(peer, t.ann, payload)]
+        return [Fetched(peer, t.ann, payload)] + self._next(now)
 
     def fail(self, peer: bytes, ann: ContractAnnounce, reason: str, now: float) -> list[Action]:
         """The fetched payload did not decode or verify: count and ban ``peer``."""
@@ -367,7 +375,16 @@ class Fetcher:
                 return out + [self._ask(t, now)]  # same digest: keep the good bytes
         del self._transfers[t.ann.digest]
         self.counters["dropped"] += 1
-        return out
+        return out + self._next(now)
+
+    def _next(self, now: float) -> list[Action]:
+        """Start the newest waiting announcement, if a slot is free."""
+        while self._waiting and len(self._transfers) < self.max_transfers:
+            dig = next(reversed(self._waiting))
+            peer, ann = self._waiting.pop(dig)
+            if dig not in self._transfers and not self.banned(peer, now):
+                return self.start(peer, ann, now)
+        return []
 
     def next_deadline(self) -> float | None:
         return min((min(t.due, t.started + TRANSFER_TIMEOUT) for t in self._transfers.values()),
@@ -381,6 +398,7 @@ class Fetcher:
                 del self._transfers[t.ann.digest]
                 self.counters["dropped"] += 1
                 out.append(TransferFailed(t.peer, t.ann, "the transfer took too long", False))
+                out += self._next(now)
             elif now >= t.due:
                 t.retries += 1
                 self.counters["retries"] += 1

@@ -258,6 +258,21 @@ def test_a_forked_offer_is_refused_alerted_and_the_evidence_reaches_every_node(c
     assert [f.evidence for f in n4.forks] == [ev] and len(n3.forks) == 1
 
 
+def test_a_fork_between_large_versions_is_fetched_in_chunks_and_its_evidence_chunked_on(chain):
+    v1 = chain[0]
+    big_a = big(v1, 1500)
+    big_b = signed(replace(big_a, flags=(("x", "b"),), signatures=()))
+    n1, n2, n3 = Node(N1, big_b, v1), Node(N2, big_a, v1), Node(N3, big_a, v1)
+    net = Net(n1, n2, n3)
+    net.link(N2, N3)
+    net.link(N1, N2)
+    net.run()
+    ev = ForkEvidence.of(big_a, big_b)
+    assert [f.evidence for f in n2.forks] == [ev] and [f.evidence for f in n3.forks] == [ev]
+    assert (N2, N3, 0x52) in net.frames and not any(t == 0x55 for _, _, t in net.frames)
+    assert n2.current == big_a and n3.current == big_a
+
+
 def test_a_broken_chain_asks_the_peer_for_its_version_and_finds_the_fork(chain):
     v1, v2a, v2b = chain
     v3b = signed(ct.set_flag(v2b, "x", "1"))

@@ -247,9 +247,14 @@ def test_progress_moves_to_an_alternate_keeping_good_bytes_and_no_transfer_outli
     assert f.active() == []
 
 
-def test_at_most_max_transfers_at_once():
+def test_at_most_max_transfers_at_once_and_a_waiting_one_starts_when_a_slot_frees():
     f = Fetcher(max_transfers=2)
-    anns = [announce(KIND_CONTRACT, "lab", v, R, os.urandom(100)) for v in (2, 3, 4)]
+    payloads = [os.urandom(100) for _ in range(3)]
+    anns = [announce(KIND_CONTRACT, "lab", v, R, p) for v, p in zip((2, 3, 4), payloads)]
     assert f.start(P1, anns[0], 0) and f.start(P1, anns[1], 0)
-    assert f.start(P1, anns[2], 0) == [] and f.counters["busy"] == 1
+    assert f.start(P2, anns[2], 0) == [] and f.counters["busy"] == 1
+    assert len(f.active()) == 2
+    out = f.on_chunk(P1, ContractChunk(anns[0].digest, 100, 0, payloads[0]), 0)
+    assert out == [Fetched(P1, anns[0], payloads[0]),
+                   SendTo(P2, ContractChunkRequest(anns[2].digest, 0, 100))]
     assert f.fail(P1, anns[0], "does not decode", 0)[0].bad and f.banned(P1, 1)
