@@ -47,7 +47,7 @@ class RouteViews:
         if dest is None:
             out["reason"] = "no route"
             return out
-        out["last_change"], out["reason"] = dest.last_change, dest.last_reason
+        out["last_change"], out["reason"] = dest.last_change, dest.reason()
         sel = dest.routes.get(dest.selected) if dest.selected else None
         if sel is not None:
             out["selected"] = self._row(sel)

@@ -45,7 +45,10 @@ Rules (each has a unit test in ``tests/test_router.py``):
   the interval within which we will send it again: twice the current refresh cycle.
 - A route not refreshed for ``max(hold_time, 3.5 x the update's interval)`` expires
   (unusable, kept another ``hold_time`` for ``explain``, then removed). Expiry runs
-  from a heap with one entry per route, so timers cost O(log n), not a table scan.
+  from a heap with one entry per destination (its earliest route deadline), so timers
+  cost O(log n), not a table scan, and the heap holds N entries, not N x degree.
+- An update whose (seqno, region, signature) equals a route already held for that
+  origin is not verified again: every held route's signature was checked on arrival.
 - Link costs are damped: a new cost within ``cost_damping`` (3 %) of the one in use
   is ignored, since each applied change re-evaluates every route through that link.
 - Own route: metric 0, our seqno (random start from ``rng``). A ``SeqnoRequest`` for
@@ -139,7 +142,7 @@ class Router(Announcer, RouteViews):
         self._now = now
         self._next_update = now + self._gap()
         self._next_gc = now + SOURCE_GC_TIME / 4
-        self._expiry: list[tuple[float, bytes, bytes]] = []  # (when, origin, neighbour)
+        self._expiry: list[tuple[float, bytes]] = []  # (when, origin), see Destination.heap_at
         self._refresh: deque[bytes] = deque((self.node_id,))  # round-robin of origins
         self._queued: set[bytes] = {self.node_id}
         self._starving: set[bytes] = set()  # routes known, none feasible: retry requests
@@ -218,7 +221,7 @@ class Router(Announcer, RouteViews):
                 actions += self._to_all(RouteUpdate(dest.origin_pub, signed.seqno, INFINITY,
                                                     signed.region, 0, signed.signature))
             dest.routes.clear()
-            actions += self._reselect(origin, now, "not a member of the network contract")
+            actions += self._reselect(origin, now, "not a member of the network contract", None)
             self._sources.pop(origin, None)
             self._starving.discard(origin)
         return actions + self._publish()
@@ -234,7 +237,7 @@ class Router(Announcer, RouteViews):
         self._now = now
         actions: list[Action] = []
         for origin in self._expire(now):
-            actions += self._reselect(origin, now, "expired")
+            actions += self._reselect(origin, now, "expired", None)
         if self._next_update <= now:
             self._next_update = now + self._gap()
             actions += self._refresh_round()
@@ -250,26 +253,43 @@ class Router(Announcer, RouteViews):
         return actions + self._publish()
 
     def _expire(self, now: float) -> list[bytes]:
-        """Pop due heap entries; each route keeps exactly one entry while it exists."""
+        """Pop due heap entries: expire or remove that destination's due routes and
+        schedule it again at its next route deadline. An entry whose time is not the
+        destination's ``heap_at`` was superseded by an earlier one (or the destination
+        was removed): skipped. Running a destination early is harmless: every deadline
+        is checked against ``now``."""
         changed: dict[bytes, None] = {}
-        heap = self._expiry
+        heap, hold = self._expiry, self.hold_time
         while heap and heap[0][0] <= now:
-            _, origin, nb = heapq.heappop(heap)
+            when, origin = heapq.heappop(heap)
             dest = self._dests.get(origin)
-            r = None if dest is None else dest.routes.get(nb)
-            if r is None:
+            if dest is None or dest.heap_at != when:
                 continue
-            if r.expired and r.expires + self.hold_time <= now:
-                del dest.routes[nb]
-                if not dest.routes:
+            dest.heap_at = None
+            nxt = math.inf
+            for nb, r in list(dest.routes.items()):
+                if not r.expired and r.expires <= now:
+                    r.expired, r.metric = True, INFINITY
                     changed[origin] = None
-                continue
-            if not r.expired and r.expires <= now:
-                r.expired, r.metric = True, INFINITY
-                changed[origin] = None
-            heapq.heappush(heap, (r.expires + self.hold_time if r.expired else r.expires,
-                                  origin, nb))
+                if r.expired:
+                    gone = r.expires + hold
+                    if gone <= now:
+                        del dest.routes[nb]
+                        if not dest.routes:
+                            changed[origin] = None
+                        continue
+                    nxt = min(nxt, gone)
+                else:
+                    nxt = min(nxt, r.expires)
+            if dest.routes:
+                self._schedule(origin, dest, nxt)
         return list(changed)
+
+    def _schedule(self, origin: bytes, dest: Destination, when: float) -> None:
+        """Make sure the expiry heap looks at ``dest`` no later than ``when``."""
+        if dest.heap_at is None or when < dest.heap_at:
+            dest.heap_at = when
+            heapq.heappush(self._expiry, (when, origin))
 
     # ------------------------------------------------------------------ events
     def _on_update(self, nb: bytes, upd: RouteUpdate, now: float) -> list[Action]:
@@ -282,12 +302,15 @@ class Router(Announcer, RouteViews):
             self._counters["not_member"] += 1
             return []
         dest = self._dests.get(origin)
-        key = (upd.seqno, upd.region, upd.signature)
-        if (dest is None or dest.verified != key) and not self._verify(
-                upd.origin_pub, upd.transcript(), upd.signature):
+        old = same = None
+        if dest is not None:
+            origin = dest.origin  # the key object: shared by every structure naming it
+            old = dest.routes.get(nb)
+            same = old if old is not None and self._same_signed(old, upd) else next(
+                (r for r in dest.routes.values() if self._same_signed(r, upd)), None)
+        if same is None and not self._verify(upd.origin_pub, upd.transcript(), upd.signature):
             self._counters["bad_signature"] += 1
             return []
-        old = None if dest is None else dest.routes.get(nb)
         if (old is not None and dest.selected is not None and not old.expired
                 and old.seqno == upd.seqno
                 and old.advertised == upd.metric and old.crossed == upd.crossed
@@ -308,20 +331,23 @@ class Router(Announcer, RouteViews):
                     self._counters["table_full"] += 1
                     return []
                 actions += self._evict(worst, now)
-            dest = self._dests[origin] = Destination(upd.origin_pub)
-        dest.verified = key
+            dest = self._dests[origin] = Destination(upd.origin_pub, origin)
         cost = self._neighbours[nb]
-        old = dest.routes.get(nb)
-        dest.routes[nb] = r = Route(nb, upd.seqno, upd.metric, metric_plus(upd.metric, cost),
-                                    upd.region, upd.crossed, upd.signature, now,
-                                    now + self._hold(upd), in_heap=old is not None)
-        if old is None:
-            heapq.heappush(self._expiry, (r.expires, origin, nb))
+        # Equal fields already held point at the held objects (one copy per destination).
+        seqno, region, sig = ((same.seqno, same.region, same.signature) if same is not None
+                              else (upd.seqno, upd.region, upd.signature))
+        dest.routes[nb] = r = Route(nb, seqno, upd.metric, metric_plus(upd.metric, cost),
+                                    region, upd.crossed, sig, now, now + self._hold(upd))
+        self._schedule(origin, dest, r.expires)
         if not self._feasible(origin, r):
             self._counters["infeasible"] += 1
             actions += self._request_if_better(origin, dest, r, now)
-        reason = "retraction" if upd.is_retraction else "update"
-        return actions + self._reselect(origin, now, f"{reason} from {nb[:4].hex()}")
+        reason = "retraction from {}" if upd.is_retraction else "update from {}"
+        return actions + self._reselect(origin, now, reason, nb)
+
+    @staticmethod
+    def _same_signed(r: Route, upd: RouteUpdate) -> bool:
+        return r.seqno == upd.seqno and r.signature == upd.signature and r.region == upd.region
 
     def _hold(self, upd: RouteUpdate) -> float:
         return max(self.hold_time, HOLD_FACTOR * upd.interval / 10)
@@ -357,7 +383,7 @@ class Router(Announcer, RouteViews):
         actions: list[Action] = []
         for origin, dest in list(self._dests.items()):
             if dest.routes.pop(nb, None) is not None:
-                actions += self._reselect(origin, now, f"neighbour {nb[:4].hex()} down")
+                actions += self._reselect(origin, now, "neighbour {} down", nb)
         return actions
 
     def _on_cost(self, nb: bytes, cost: float, now: float) -> list[Action]:
@@ -374,7 +400,7 @@ class Router(Announcer, RouteViews):
             r = dest.routes.get(nb)
             if r is not None and not r.expired:
                 r.metric = metric_plus(r.advertised, c)
-                actions += self._reselect(origin, now, f"link cost to {nb[:4].hex()} now {c}")
+                actions += self._reselect(origin, now, "link cost to {} changed", nb)
         return actions
 
     # ------------------------------------------------------------------ selection
@@ -391,7 +417,10 @@ class Router(Announcer, RouteViews):
         return min((r.metric for r in self._dests[origin].routes.values() if r.usable),
                    default=INFINITY)
 
-    def _reselect(self, origin: bytes, now: float, reason: str) -> list[Action]:
+    def _reselect(self, origin: bytes, now: float, reason: str,
+                  by: bytes | None) -> list[Action]:
+        """Select the best route for ``origin``; on a change record ``reason`` (a
+        template, ``{}`` for ``by``'s short id) and update FIB and neighbours."""
         dest = self._dests[origin]
         cands = [r for r in dest.routes.values()
                  if r.usable and r.neighbour in self._measured and self._feasible(origin, r)]
@@ -406,7 +435,7 @@ class Router(Announcer, RouteViews):
         old_hop = dest.selected
         dest.selected = None if new is None else new.neighbour
         if dest.selected != old_hop:
-            dest.last_change, dest.last_reason = now, reason
+            dest.last_change, dest.last_reason, dest.last_by = now, reason, by
             self._fib_dirty.setdefault(origin, old_hop)
             if new is None:
                 del self._fib_map[origin]
@@ -484,7 +513,7 @@ class Router(Announcer, RouteViews):
     def _evict(self, origin: bytes, now: float) -> list[Action]:
         dest = self._dests[origin]
         dest.routes.clear()
-        return self._reselect(origin, now, "evicted: table full")
+        return self._reselect(origin, now, "evicted: table full", None)
 
     def _publish(self) -> list[Action]:
         if not self._fib_dirty:

@@ -569,8 +569,8 @@ def test_next_deadline_is_the_earliest_expiry_and_follows_changes():
     feed(r, A, signed(O, 1, 5), now=1.0)
     assert r.next_deadline() == 11.0
     feed(r, A, signed(O, 1, 5), now=3.0)               # refresh moves the expiry to 13
-    # The heap keeps one entry per route, so the old time may still wake us (early
-    # wake-ups are allowed by the protocol contract); that wake-up expires nothing.
+    # The heap keeps one entry per destination, scheduled at 11: that early wake-up
+    # (allowed by the protocol contract) expires nothing and reschedules at 13.
     assert r.next_deadline() in (11.0, 13.0)
     assert r.on_timer(r.next_deadline()) == [] and r.fib()[O.node_id] == A.node_id
     assert r.next_deadline() == 13.0
@@ -579,6 +579,23 @@ def test_next_deadline_is_the_earliest_expiry_and_follows_changes():
     assert r.next_deadline() == 23.0
     r.on_timer(23.0)
     assert r.routes(23.0) == [] and r.next_deadline() == r._next_update  # noqa: SLF001
+
+
+def test_each_route_of_a_destination_expires_at_its_own_time():
+    r = make(update_interval=100.0, hold_time=10.0, neighbours=((A, 10), (B, 30)))
+    feed(r, A, signed(O, 1, 5), now=0.0)                 # via A: 15, expires at 10
+    feed(r, B, signed(O, 1, 5), now=4.0)                 # via B: 35 (feasible), expires at 14
+    assert r.fib()[O.node_id] == A.node_id
+    while (t := r.next_deadline()) <= 10.0:
+        r.on_timer(t)
+    assert r.fib()[O.node_id] == B.node_id               # A's expired, B's still held
+    while (t := r.next_deadline()) <= 14.0:
+        r.on_timer(t)
+    assert O.node_id not in r.fib()
+    assert [a["ruled_out"] for a in r.explain(O.node_id)["alternatives"]] == ["expired"] * 2
+    while (t := r.next_deadline()) <= 24.0:
+        r.on_timer(t)
+    assert r.routes(24.0) == []
 
 
 def test_announced_interval_sets_the_hold_time():
@@ -637,6 +654,9 @@ def test_signature_check_is_injectable_and_skipped_for_a_known_signature():
     feed(r, A, upd, now=1.0)                             # same signature: no second check
     feed(r, B, upd, now=1.0)
     assert len(calls) == 1
+    # The signature is known, but not for this seqno: checked (a real check refuses it).
+    feed(r, A, RouteUpdate(O.public_key, 2, 5, "", 0, upd.signature), now=2.0)
+    assert len(calls) == 2
     refuse = make(verify=lambda pub, msg, sig: False)
     feed(refuse, A, upd)
     assert refuse.counters["bad_signature"] == 1 and O.node_id not in refuse.fib()
