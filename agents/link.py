@@ -5,7 +5,10 @@ agents (probes, later routing) leave on the bus as ``LinkFrameIn``, and their
 answers come back as ``LinkFrameOut``. Options: ``identity`` (an ``Identity``),
 ``listen`` (endpoints), ``peers`` (endpoints), ``name``, ``admit`` (optional
 ``(public_key, now) -> bool``, the network contract: a peer whose proven key it
-refuses is disconnected; on ``ContractChanged`` every link is checked again).
+refuses is disconnected; on ``ContractChanged`` every link is checked again),
+``rx_filter`` (optional ``(conn, frame, now) -> bool``, run by the carrier's I/O
+thread on every inbound frame; True drops it before the actor: the session guard's
+``InitiationScreen``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class LinkAgent(ProtocolAgent):
     def make_protocol(self) -> LinkManager:
         identity = self.options["identity"]
         ref, clock = self.actor_ref, self.clock
-        self._carrier = TcpCarrier(lambda e: ref.tell(_Stamped(clock.now(), e)), name="tcp")
+        self._carrier = TcpCarrier(lambda e: ref.tell(_Stamped(clock.now(), e)), name="tcp",
+                                   rx_filter=self.options.get("rx_filter"))
         self._rx_time = 0.0
         # (peer, probe seq) -> how long the probe waited on the bus before it left.
         self._probe_delays: dict[tuple[bytes, int], float] = {}

@@ -27,7 +27,12 @@ composite's ``SessionManager`` seals message chunks and acks; option ``sessions`
 It gets ``random.SystemRandom()`` (it makes keys) and ``wall_offset`` (Unix time minus
 the agent's monotonic clock, taken once: handshake stamps are Unix time). Peer keys
 come from the FIB snapshot's ``public_keys`` and from ``PeerUp``; ``GetSessions``
-returns the session rows (``sporenet sessions``).
+returns the session rows (``sporenet sessions``), the counters and the handshake
+guard's report (``SessionManager.guard_report``: under load, queue, DH operations,
+initiations by outcome). Option ``screen`` (the ``InitiationScreen`` whose ``drop``
+the link carrier runs on its I/O thread) adds the msg1s dropped there, before the bus
+(``bad_mac1_screened``, ``rate_limited_screened``; the guard's own ``bad_mac1`` counts
+those that got past it, e.g. on a link without the screen).
 
 Contract: option ``reach`` (``(src_key, dst_key) -> bool``, the contract's
 ``may_reach``) makes the session manager refuse handshakes from initiators that may
@@ -110,8 +115,9 @@ class GetResult:
 
 @dataclass(frozen=True)
 class GetSessions:
-    """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...], "counters": {...}}``: the
-    rows of ``sporenet sessions``, the session manager's and the overlay's drop counters."""
+    """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...], "counters": {...},
+    "guard": {...}}``: the rows of ``sporenet sessions``, the session manager's and the
+    overlay's drop counters, and the handshake flood guard's state."""
 
 
 @dataclass(frozen=True)
@@ -285,8 +291,19 @@ class OverlayAgent(ProtocolAgent):
                 return self._topics()
             case GetSessions():
                 ov: Overlay = self.protocol
-                return {"sessions": [r.as_dict() for r in ov.sessions.sessions(self.clock.now())],
-                        "counters": dict(ov.sessions.counters + ov.counters)}
+                now = self.clock.now()
+                counters = dict(ov.sessions.counters + ov.counters)
+                guard = ov.sessions.guard_report(now)
+                screen = self.options.get("screen")
+                if screen is not None:
+                    guard["initiations"].update(bad_mac1_screened=screen.dropped,
+                                                rate_limited_screened=screen.rate_limited)
+                    for key, n in (("init_bad_mac1_screened", screen.dropped),
+                                   ("init_rate_screened", screen.rate_limited)):
+                        if n:
+                            counters[key] = n
+                return {"sessions": [r.as_dict() for r in ov.sessions.sessions(now)],
+                        "counters": counters, "guard": guard, "now": now}
             case TakeMessages(topic=topic, limit=limit):
                 taken = [m for m in self._inbox if topic is None or m["topic"] == topic][:limit]
                 for m in taken:

@@ -10,8 +10,12 @@ WireGuard's design (whitepaper §5.3, wireguard-go ``device/receive.go`` and
 - The queue is bounded (``QUEUE_LIMIT``); a full queue drops the newest arrival.
 - The node is *under load* while the queue holds at least ``UNDER_LOAD_QUEUE``
   initiations, and stays so for ``UNDER_LOAD_STICKY`` seconds after (wireguard-go:
-  1024/8 = 128, sticky 1 s). Under load the responder wants mac2 (a cookie bound to
-  ingress link and claimed source) and answers without one by a cookie reply.
+  1024/8 = 128, sticky 1 s). A link bucket that refuses an initiation also puts the
+  node under load (``overflow``): one neighbour's flood never fills the queue (its
+  bucket caps it first), yet it is a flood, and without this every one of its
+  ``LINK_RATE`` initiations per second would cost a DH (security.md T08: no DH
+  without a valid mac2 during a flood). Under load the responder wants mac2 (a cookie
+  bound to ingress link and claimed source) and answers without one by a cookie reply.
 - Once mac2 proved that the claimed source receives our traffic, a token bucket per
   claimed source (WireGuard's per-IP 20/s, burst 5) bounds the DH work it may cause.
   Before that proof the claim is free, so a bucket would let a spoofer lock out the
@@ -20,16 +24,31 @@ WireGuard's design (whitepaper §5.3, wireguard-go ``device/receive.go`` and
   ``cheap_budget`` in all, per ``on_timer`` call, so its thread stays responsive
   however many arrive; the rest wait (and the waiting is what "under load" measures).
 
+Before all that, ``InitiationScreen`` can run on the receive path of the links (the
+carrier's I/O thread, before the frame crosses the node bus): a ``Routed`` link frame
+that carries a msg1 to this node and fails mac1 is dropped there, at the cost of one
+BLAKE2s, so a bad-mac1 flood never reaches the overlay agent (issue [3/7] T08). Valid
+ones beyond ``SCREEN_RATE`` per connection (twice a link bucket, so the excess that
+passes still overflows the link bucket here and puts the node under load) are shed
+there too: a neighbour flooding valid-mac1 msg1s costs the overlay at most
+``SCREEN_RATE`` of them per second.
+
 Sans-IO: ``now`` comes in; buckets are forgotten once full again (bounded memory).
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
 
-from .session_messages import HandshakeInit
+from . import wire
+from .cookie import mac, mac1_key
+from .identity import address_of
+from .noise import noise_public_key
+from .overlay_messages import ADDRESS_SIZE, Proto, Routed
+from .session_messages import MAC_SIZE, HandshakeInit
 
 QUEUE_LIMIT = 1024  # wireguard-go QueueHandshakeSize
 UNDER_LOAD_QUEUE = 128  # QueueHandshakeSize / 8
@@ -39,6 +58,7 @@ LINK_RATE, LINK_BURST = 200.0, 50.0  # one link carries many sources' handshakes
 PROCESS_BUDGET = 32  # initiations that cost DH work, per on_timer call
 CHEAP_BUDGET = 256  # initiations handled per on_timer call in all (cookie replies, drops)
 MAX_BUCKETS = 65_536  # beyond this, stale buckets are swept first
+SCREEN_RATE, SCREEN_BURST = 2 * LINK_RATE, 2 * LINK_BURST  # per connection, before the bus
 
 
 class TokenBuckets:
@@ -104,6 +124,8 @@ class HandshakeGuard:
         self.budget, self.cheap_budget = budget, cheap_budget
         self._queue: deque[PendingInit] = deque()
         self._load_until = float("-inf")
+        self.load_since: float | None = None  # when the current (or last) load began
+        self.load_entries = 0  # times the node went under load
         self.sources = TokenBuckets(SOURCE_RATE, SOURCE_BURST)
         self.links = TokenBuckets(LINK_RATE, LINK_BURST)
 
@@ -113,12 +135,22 @@ class HandshakeGuard:
             return False
         self._queue.append(item)
         if len(self._queue) >= self.under_load_queue:
-            self._load_until = item.arrived + UNDER_LOAD_STICKY
+            self._loaded(item.arrived)
         return True
+
+    def overflow(self, now: float) -> None:
+        """A link bucket refused an initiation: under load for ``UNDER_LOAD_STICKY`` s."""
+        self._loaded(now)
+
+    def _loaded(self, now: float) -> None:
+        if now >= self._load_until:
+            self.load_since = now
+            self.load_entries += 1
+        self._load_until = now + UNDER_LOAD_STICKY
 
     def under_load(self, now: float) -> bool:
         if len(self._queue) >= self.under_load_queue:
-            self._load_until = now + UNDER_LOAD_STICKY
+            self._loaded(now)
         return now < self._load_until
 
     def pop(self) -> PendingInit:
@@ -136,3 +168,53 @@ class HandshakeGuard:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+
+_DST = wire.HEADER_SIZE + ADDRESS_SIZE  # Routed body: src | dst | hop_limit | hops | proto
+_PROTO = _DST + ADDRESS_SIZE + 2
+_INNER = _PROTO + 1
+ROUTED_INIT_SIZE = _INNER + HandshakeInit.SIZE  # a link frame carrying one msg1
+
+
+class InitiationScreen:
+    """Drops link frames that carry a msg1 for this node with a wrong mac1, unparsed,
+    and valid ones over ``SCREEN_RATE`` per connection.
+
+    ``drop(conn, frame, now)`` looks only at a ``Routed`` frame (exact msg1 size)
+    addressed to this node, overlay proto SESSION_HANDSHAKE, holding a
+    ``HandshakeInit``. True (drop it) if its mac1 is not MAC(HASH("mac1----" || our
+    Noise static), ...), the check ``InitiationDesk`` would make first, made here
+    before decoding, queueing or any bus hop; or if connection ``conn`` (the carrier's
+    id: one link) has sent more such msg1s than its bucket allows. Everything else
+    (transit frames, other types, malformed frames) is False and takes the normal
+    path. It never raises. ``dropped`` (bad mac1) and ``rate_limited`` count the drops;
+    they are written by the one thread that calls ``drop`` and may be read from any other.
+    """
+
+    __slots__ = ("_dst", "_key", "_buckets", "dropped", "rate_limited")
+
+    def __init__(self, public_key: bytes, *, rate: float = SCREEN_RATE,
+                 burst: float = SCREEN_BURST) -> None:
+        """``public_key``: this node's Ed25519 key (its address and Noise static)."""
+        self._dst = address_of(public_key).packed
+        self._key = mac1_key(noise_public_key(public_key))
+        self._buckets = TokenBuckets(rate, burst, limit=4096)
+        self.dropped = self.rate_limited = 0
+
+    def drop(self, conn: int, frame: bytes, now: float) -> bool:
+        if (len(frame) != ROUTED_INIT_SIZE or frame[0] != wire.VERSION or frame[1] != Routed.TYPE
+                or frame[_PROTO] != Proto.SESSION_HANDSHAKE
+                or frame[_INNER + 1] != HandshakeInit.TYPE
+                or frame[_DST:_DST + ADDRESS_SIZE] != self._dst):
+            return False
+        end = len(frame) - 2 * MAC_SIZE
+        if not hmac.compare_digest(mac(self._key, frame[_INNER:end]), frame[end:end + MAC_SIZE]):
+            self.dropped += 1
+            return True
+        if not self._buckets.allow(conn, now):
+            self.rate_limited += 1
+            return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"InitiationScreen(dropped={self.dropped}, rate_limited={self.rate_limited})"

@@ -49,6 +49,7 @@ class InitiationDesk:
         item = PendingInit(msg, ev.ingress, ev.src_address, now)
         if not self.guard.allow_link(item, now):
             self.counters["init_rate_link"] += 1
+            self.guard.overflow(now)  # a neighbour floods: cookies for everyone a while
         elif not self.guard.offer(item):
             self.counters["init_queue_full"] += 1
 

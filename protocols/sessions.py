@@ -32,7 +32,11 @@ Rules (issue [3/7], security.md §1-3, WireGuard whitepaper §5-6):
   forward frames they cannot open.
 - Flood: mac1 before queueing (no DH), per-link bucket, bounded queue, at most
   ``guard.budget`` DH-costing answers per ``on_timer``; under load, cookies (mac2)
-  then a per-source bucket. Every drop is counted in ``counters``.
+  then a per-source bucket. Every drop is counted in ``counters``; ``dh_operations``
+  counts every X25519 operation of this node (ours and the ones peers cause), and
+  ``guard_report(now)`` is what an operator checks during a flood (``sporenet
+  sessions``). A completed handshake we initiated is counted ``handshake_ok_after_N``
+  by the msg1s its series took (N = 1..4, then ``5+``).
 - Sans-IO: ``rng`` (a ``random.Random``; production passes ``random.SystemRandom()``)
   gives ephemerals, indices, jitter, cookie secrets and ML-KEM seeds. ``now`` is
   seconds; ``wall_offset + now`` must be Unix time (the TAI64N stamps of msg1).
@@ -68,6 +72,14 @@ MAX_APP_PAYLOAD = MAX_PAYLOAD - 2  # the inner type and proto bytes ride in the 
 REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT  # 165 s
 
 
+def _counting(dh: Dh, counters: Counter[str]) -> Dh:
+    """``dh`` counting each call in ``counters["dh_operations"]``."""
+    def counted(private, public: bytes) -> bytes:
+        counters["dh_operations"] += 1
+        return dh(private, public)
+    return counted
+
+
 class SessionManager:
     """All end-to-end sessions of one node; see the module docstring."""
 
@@ -85,7 +97,9 @@ class SessionManager:
         self.keyring = KeyRing()
         self.guard = guard if guard is not None else HandshakeGuard()
         self.counters: Counter[str] = Counter()
+        dh = _counting(dh, self.counters)
         self._rng, self._dh = rng, dh
+        self._tries: dict[bytes, int] = {}  # peer key -> msg1s of its current series
         self._desk = InitiationDesk(self.static, rng=rng, dh=dh, guard=self.guard,
                                     counters=self.counters, accept=accept)
         self._timestamps = timestamps if timestamps is not None else TimestampSource()
@@ -142,6 +156,20 @@ class SessionManager:
             rows.append(p.row(cur, meta, self.pq_required, now))
         return rows
 
+    def guard_report(self, now: float) -> dict:
+        """The handshake flood guard as an operator sees it: load, queue, DH work and
+        what happened to arriving initiations (the counters, by reason)."""
+        g, c = self.guard, self.counters
+        return {"under_load": g.under_load(now), "queued": len(g),
+                "under_load_since": g.load_since, "under_load_entries": g.load_entries,
+                "dh_operations": c["dh_operations"],
+                "initiations": {"bad_mac1": c["init_bad_mac1"],
+                                "rate_limited_link": c["init_rate_link"],
+                                "rate_limited_source": c["init_rate_source"],
+                                "queue_full": c["init_queue_full"],
+                                "cookie_sent": c["cookie_sent"],
+                                "answered": c["init_answered"]}}
+
     def rekey(self, peer: bytes, now: float) -> list[Action]:
         """Start a new handshake with ``peer`` now (the current keys keep working)."""
         return self._start_handshake(self._peer(peer), now)
@@ -149,6 +177,7 @@ class SessionManager:
     def remove_peer(self, peer: bytes) -> list[Action]:
         """Forget ``peer`` (revoked by the contract): keys, queue, psk, attempt."""
         state = self._peers.pop(peer, None)
+        self._tries.pop(peer, None)
         if state is not None:
             self._dialer.drop(state)
         acts = self._keyring_actions(self.keyring.remove_peer(peer), 0.0)
@@ -228,12 +257,18 @@ class SessionManager:
     # -- initiator -------------------------------------------------------------------
 
     def _start_handshake(self, peer: PeerState, now: float) -> list[Action]:
-        return self._dialer.start(peer, now, pq=self.pq)
+        return self._tried(peer, self._dialer.start(peer, now, pq=self.pq))
+
+    def _tried(self, peer: PeerState, sent: list[Action]) -> list[Action]:
+        if sent:  # a msg1 left (the dialer may only have scheduled one)
+            self._tries[peer.key] = self._tries.get(peer.key, 0) + 1
+        return sent
 
     def _retry(self, peer: PeerState, now: float) -> list[Action]:
         sent = self._dialer.due(peer, now, pq=self.pq)
         if sent is not None:
-            return sent
+            return self._tried(peer, sent)
+        self._tries.pop(peer.key, None)
         dropped = len(peer.queue)
         peer.queue.clear()
         if not any(self.keyring.keypairs(peer.key)):
@@ -245,6 +280,8 @@ class SessionManager:
         if isinstance(out, list):
             return out
         peer, result = out
+        tries = self._tries.pop(peer.key, 1)
+        self.counters[f"handshake_ok_after_{tries if tries < 5 else '5+'}"] += 1
         acts = self._install(result, now, pq=peer.attempt_pq)
         peer.pq_tries = 0
         sent = self._offer_pq(peer, now) if self.pq else []

@@ -43,6 +43,7 @@ from .user_api import UserApi
 from sporenet.transports.http_api import ApiError
 from sporenet.protocols.identity import Identity
 from sporenet.protocols.pq import MlkemUnavailable, require_mlkem
+from sporenet.protocols.session_guard import InitiationScreen
 
 from .config import NodeConfig
 
@@ -78,6 +79,7 @@ class Node:
         admit = self.contract.admits if enforced else None
         reach = self.contract.may_reach if enforced else None
         routes = user.routes()
+        screen = InitiationScreen(ident.public_key)  # bad-mac1 msg1s die in the link's I/O thread
         if enforced:
             routes.update({"GET /v1/contract": self._get_contract,
                            "POST /v1/contract": self._post_contract})
@@ -95,13 +97,14 @@ class Node:
                                             "pq_required": c.sessions.pq_required},
                                "request_routes": lambda: self.bundle.agent("router").ask(
                                    GetRoutes(), block=False),
-                               "reach": reach}),
+                               "reach": reach, "screen": screen}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
             AgentSpec("link", LinkAgent, requires=("prober", "router", "overlay", "api"),
                       options={"identity": ident, "listen": list(c.listen),
-                               "peers": list(c.peers), "name": c.name, "admit": admit}),
+                               "peers": list(c.peers), "name": c.name, "admit": admit,
+                               "rx_filter": screen.drop}),
         ]
         if enforced:
             specs.append(AgentSpec("contract", ContractAgent, requires=("link",), options={

@@ -104,6 +104,7 @@ class CarrierStats:
     frames_out: int = 0
     drops: int = 0
     malformed_frames: int = 0
+    screened_frames: int = 0  # inbound frames the carrier's rx_filter dropped
     accepted: int = 0
     dialled: int = 0
     dial_failures: int = 0
