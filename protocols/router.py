@@ -422,8 +422,12 @@ class Router(Announcer, RouteViews):
         """Select the best route for ``origin``; on a change record ``reason`` (a
         template, ``{}`` for ``by``'s short id) and update FIB and neighbours."""
         dest = self._dests[origin]
+        s = self._sources.get(origin)
+        src = None if s is None else (s[0], s[1])
+        measured = self._measured
         cands = [r for r in dest.routes.values()
-                 if r.usable and r.neighbour in self._measured and self._feasible(origin, r)]
+                 if not r.expired and r.metric < INFINITY and r.neighbour in measured
+                 and feasible(src, r.seqno, r.advertised)]  # Route.usable, _feasible inlined
         cur = dest.routes.get(dest.selected) if dest.selected else None
         if cur is not None and cur not in cands:
             cur = None
