@@ -1,7 +1,8 @@
 """Overlay router: Babel (RFC 8966) over one /64 per node, origin-signed updates.
 
 Driven by ``handle(event, now)`` with the events of ``route_table.py`` and by
-``on_timer(now)`` at ``next_deadline()``. Emits ``SendToNeighbour`` and
+``on_timer(now)`` at ``next_deadline()``. Selection is in ``route_select.py``, what is
+sent in ``route_announce.py``, the operator views in ``route_view.py``. Emits ``SendToNeighbour`` and
 ``Publish(RoutesChanged)``; ``fib()`` is the forwarding snapshot.
 
 Rules (each has a unit test in ``tests/test_router.py``):
@@ -76,16 +77,15 @@ from .base import Action, Event, Publish
 from .errors import LocalProtocolError, RemoteProtocolError
 from .identity import Identity, node_id_of, verify_signature
 from .route_table import (Destination, Fib, FrameFromNeighbour, LinkCostChanged, NeighbourDown,
-                          NeighbourUp, Route, RoutesChanged, SendToNeighbour, feasible,
-                          metric_plus)
+                          NeighbourUp, Route, RoutesChanged, SendToNeighbour, metric_plus)
 from .route_announce import Announcer
+from .route_select import Selector
 from .route_view import RouteViews
 from .routing_messages import (INFINITY, MAX_REGION_BYTES, SEQNO_MOD, RouteRequest,
                                RouteUpdate, SeqnoRequest, route_transcript, seqno_ge,
                                seqno_newer)
 
 DEFAULT_COST = 100  # an unmeasured link: 100 ms, pessimistic until the prober reports
-REQUEST_HOPS = 127  # babeld's value: a latency-shortest path can be long in hops
 SOURCE_GC_TIME = 180.0  # RFC 8966 Appendix B: source entries live 3 minutes unused
 HOLD_FACTOR = 3.5  # RFC 8966 §3.5.1: a route lives 3.5 announced intervals
 REFRESH_BATCH = 16  # routes refreshed per neighbour per update interval
@@ -102,7 +102,7 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-class Router(Announcer, RouteViews):
+class Router(Selector, Announcer, RouteViews):
     """Babel-style distance-vector router; see the module docstring."""
 
     def __init__(self, identity: Identity, *, rng: random.Random, now: float, region: str = "",
@@ -171,10 +171,6 @@ class Router(Announcer, RouteViews):
                             {o: d.origin_pub for o in self._fib_map
                              if (d := self._dests.get(o)) is not None})
         return self._fib
-
-    def source(self, origin: bytes) -> tuple[int, int] | None:
-        s = self._sources.get(origin)
-        return None if s is None else (s[0], s[1])
 
     # ------------------------------------------------------------------ driving
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -402,117 +398,6 @@ class Router(Announcer, RouteViews):
                 r.metric = metric_plus(r.advertised, c)
                 actions += self._reselect(origin, now, "link cost to {} changed", nb)
         return actions
-
-    # ------------------------------------------------------------------ selection
-    def _feasible(self, origin: bytes, r: Route) -> bool:
-        return feasible(self.source(origin), r.seqno, r.advertised)
-
-    def _tier(self, r: Route) -> int:
-        return 0 if self.region and r.region == self.region and not r.crossed else 1
-
-    def _margin(self, metric: int) -> float:
-        return max(metric * self.hysteresis_frac, self.hysteresis_min)
-
-    def _best_metric(self, origin: bytes) -> int:
-        return min((r.metric for r in self._dests[origin].routes.values() if r.usable),
-                   default=INFINITY)
-
-    def _reselect(self, origin: bytes, now: float, reason: str,
-                  by: bytes | None) -> list[Action]:
-        """Select the best route for ``origin``; on a change record ``reason`` (a
-        template, ``{}`` for ``by``'s short id) and update FIB and neighbours."""
-        dest = self._dests[origin]
-        s = self._sources.get(origin)
-        src = None if s is None else (s[0], s[1])
-        measured = self._measured
-        cands = [r for r in dest.routes.values()
-                 if not r.expired and r.metric < INFINITY and r.neighbour in measured
-                 and feasible(src, r.seqno, r.advertised)]  # Route.usable, _feasible inlined
-        cur = dest.routes.get(dest.selected) if dest.selected else None
-        if cur is not None and cur not in cands:
-            cur = None
-        new = min(cands, key=lambda r: (self._tier(r), r.metric, r.neighbour), default=None)
-        if cur is not None and new is not None and new is not cur:
-            margin = self._margin(cur.metric)
-            if self._tier(new) == self._tier(cur) and new.metric >= cur.metric - margin:
-                new = cur  # hysteresis: not better by enough
-        old_hop = dest.selected
-        dest.selected = None if new is None else new.neighbour
-        if dest.selected != old_hop:
-            dest.last_change, dest.last_reason, dest.last_by = now, reason, by
-            self._fib_dirty.setdefault(origin, old_hop)
-            if new is None:
-                del self._fib_map[origin]
-            else:
-                self._fib_map[origin] = new.neighbour
-                if origin not in self._queued:
-                    self._queued.add(origin)
-                    self._refresh.append(origin)
-        actions: list[Action] = []
-        if new is not None:
-            self._starving.discard(origin)
-            adv = dest.advertised
-            if (adv is None or adv[0] != new.seqno
-                    or abs(new.metric - adv[1]) > self._margin(adv[1])):
-                actions += self._to_all(self._update_for(origin, dest, new))
-            # Our route got worse (a suspect or dearer link) while a route that the
-            # feasibility condition blocks is clearly better: ask for a newer seqno now,
-            # rather than waiting for that neighbour's next update to ask (RFC 8966
-            # §3.8.2.2): this is what makes rerouting after a silent cut take one
-            # round trip to the origin once the link is suspect.
-            limit = (self._tier(new), new.metric - self._margin(new.metric))
-            blocked = [r for r in dest.routes.values()
-                       if r is not new and r.usable and r.neighbour in self._measured
-                       and (self._tier(r), r.metric) < limit]
-            if blocked:
-                best = min(blocked, key=lambda r: (self._tier(r), r.metric, r.neighbour))
-                actions += self._request_if_better(origin, dest, best, now)
-        else:
-            if dest.advertised is not None:
-                dest.advertised = None
-                signed = max(dest.routes.values(), key=lambda r: r.updated, default=None)
-                if signed is not None:
-                    self._counters["retractions_sent"] += len(self._neighbours)
-                    actions += self._to_all(RouteUpdate(dest.origin_pub, signed.seqno, INFINITY,
-                                                        signed.region, 0, signed.signature))
-            if dest.routes:
-                self._starving.add(origin)
-                actions += self._request_all(origin, dest, now)
-            if not dest.routes:
-                del self._dests[origin]
-        return actions
-
-    def _request_all(self, origin: bytes, dest: Destination, now: float) -> list[Action]:
-        """Starvation (RFC 8966 §3.8.2.1): ask every neighbour for a newer seqno, at most
-        once per update interval; ``on_timer`` retries while the starvation lasts, since
-        a request can be lost (into a link not yet known to be dead) and unchanged
-        refreshes, which would otherwise prompt a retry, come only once per cycle."""
-        src = self._sources.get(origin)
-        if src is None or now - dest.last_request < self.update_interval:
-            return []
-        dest.last_request = now
-        req = SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS)
-        self._counters["seqno_requests_sent"] += len(self._neighbours)
-        return [SendToNeighbour(nb, req) for nb in self._neighbours]
-
-    def _beats_selected(self, dest: Destination, r: Route) -> bool:
-        cur = dest.routes.get(dest.selected) if dest.selected else None
-        return cur is None or (self._tier(r), r.metric) < (self._tier(cur), cur.metric)
-
-    def _request_if_better(self, origin: bytes, dest: Destination, r: Route,
-                           now: float) -> list[Action]:
-        """RFC 8966 §3.8.2.2: an infeasible route that would beat the selected one asks
-        its neighbour for a newer seqno (with none selected, ``_reselect`` asks all)."""
-        cur = dest.routes.get(dest.selected) if dest.selected else None
-        src = self._sources.get(origin)
-        if (cur is None or src is None or not r.usable
-                or (self._tier(r), r.metric) >= (self._tier(cur), cur.metric)
-                or now - dest.last_request < self.update_interval):
-            return []
-        dest.last_request = now
-        self._counters["seqno_requests_sent"] += 1
-        return [SendToNeighbour(r.neighbour,
-                                SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS))]
 
     def _evict(self, origin: bytes, now: float) -> list[Action]:
         dest = self._dests[origin]
