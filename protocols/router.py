@@ -1,9 +1,10 @@
 """Overlay router: Babel (RFC 8966) over one /64 per node, origin-signed updates.
 
 Driven by ``handle(event, now)`` with the events of ``route_table.py`` and by
-``on_timer(now)`` at ``next_deadline()``. Selection is in ``route_select.py``, what is
-sent in ``route_announce.py``, the operator views in ``route_view.py``. Emits ``SendToNeighbour`` and
-``Publish(RoutesChanged)``; ``fib()`` is the forwarding snapshot.
+``on_timer(now)`` at ``next_deadline()``. Emits ``SendToNeighbour`` and
+``Publish(RoutesChanged)``; ``fib()`` is the forwarding snapshot. Selection is in
+``route_select.py``, what is sent in ``route_announce.py``, the operator views in
+``route_view.py``.
 
 Rules (each has a unit test in ``tests/test_router.py``):
 - Destinations are origins (node ids); the prefix is ``identity.subnet_of(origin_pub)``.
