@@ -308,6 +308,47 @@ def rss_kb(pid: int) -> int:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+class RssWatch:
+    """Samples a process's VmRSS every ``interval`` s in a thread; ``median`` and
+    ``peak`` over a window of ``time.monotonic()``. With a message load running, RSS
+    swings by a few MB within seconds (buffers, the receiver's inbox, its drains), so
+    growth is judged median against median: the last ``BASELINE`` seconds of the flood
+    against the baseline window just before it. The peaks are reported too."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append((time.monotonic(), rss_kb(self.pid)))
+            except (OSError, ValueError):
+                return
+            if self._stop.wait(self.interval):
+                return
+
+    def _window(self, since: float, until: float) -> list[int]:
+        got = sorted(kb for t, kb in list(self.samples) if since <= t <= until)
+        if not got:
+            raise ValueError("no RSS sample in the window")
+        return got
+
+    def median(self, since: float, until: float) -> int:
+        got = self._window(since, until)
+        return got[len(got) // 2]
+
+    def peak(self, since: float, until: float) -> int:
+        return self._window(since, until)[-1]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def guard(node) -> dict:
     """The node's handshake guard report (``GET /v1/sessions``)."""
     return node.api.get("/v1/sessions")["guard"]
@@ -316,7 +357,7 @@ def guard(node) -> dict:
 class Goodput:
     """A saturating message load ``sender`` → ``receiver`` over their session:
     ``threads`` closed loops, each sending ``size``-byte messages and waiting for the
-    end-to-end ack; the receiver's inbox is drained once a second. ``received()`` is the
+    end-to-end ack; the receiver's inbox is drained every 0.25 s. ``received()`` is the
     application bytes the receiver's session with the sender delivered so far (its
     ``bytes_in``), so goodput = its growth over a window."""
 
@@ -349,7 +390,7 @@ class Goodput:
                 self.failed += 1
 
     def _drain(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(0.25):
             try:
                 self.receiver.api.get("/v1/messages", topic=self.TOPIC, limit="1000")
             except Exception:
@@ -401,30 +442,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bad_mac1_flood(mesh, rate: float, seconds: float, baseline_s: float = 8.0) -> dict:
+def bad_mac1_flood(mesh, rate: float, seconds: float, baseline_s: float = 12.0,
+                   warmup_s: float = 10.0) -> dict:
     """Nodes a-b linked, A streaming messages to B; the flooder linked to B."""
     from sporenet.local_mesh import wait_for
     a = mesh.start_node("a")
     b = mesh.start_node("b", peers=[a.endpoint])
     flooder = FlooderProcess(b.endpoint, "bad", rate, seconds)
     load = Goodput(a, b)
+    rss = RssWatch(b.process.pid)
     try:
         flooder.linked()
         load.start()
         wait_for(lambda: load.received() > 0, 30, "A's messages to reach B")
-        load.rate(2.0)  # warm-up
-        rss_start, cpu0 = rss_kb(b.process.pid), cpu_seconds(b.process.pid)
+        load.rate(warmup_s)  # the message load alone raises RSS ~4 MB in its first 30 s
+        cpu0 = cpu_seconds(b.process.pid)
         t0 = time.monotonic()
         baseline = load.rate(baseline_s)
-        cpu_base = (cpu_seconds(b.process.pid) - cpu0) / (time.monotonic() - t0)
-        rss_before, before = rss_kb(b.process.pid), guard(b)
-        got, cpu = load.received(), cpu_seconds(b.process.pid)
+        t1 = time.monotonic()
+        cpu_base = (cpu_seconds(b.process.pid) - cpu0) / (t1 - t0)
+        before, got, cpu = guard(b), load.received(), cpu_seconds(b.process.pid)
         flooder.go()
         report = flooder.done(seconds + 30)
+        t2 = time.monotonic()
         flood_goodput = (load.received() - got) / report["seconds"]
         cpu = (cpu_seconds(b.process.pid) - cpu) / report["seconds"]
-        rss_after, after = rss_kb(b.process.pid), guard(b)
+        after = guard(b)
+        mem = {"median_in_baseline": rss.median(t0, t1),
+               "median_at_flood_end": rss.median(t2 - baseline_s, t2),
+               "peak_in_baseline": rss.peak(t0, t1), "peak_in_flood": rss.peak(t1, t2)}
+        mem["growth"] = mem["median_at_flood_end"] - mem["median_in_baseline"]
     finally:
+        rss.close()
         load.stop()
         flooder.close()
     return {"flood": report,
@@ -433,9 +482,7 @@ def bad_mac1_flood(mesh, rate: float, seconds: float, baseline_s: float = 8.0) -
                            - before["initiations"]["bad_mac1_screened"]),
             "goodput_baseline_Bps": round(baseline), "goodput_flood_Bps": round(flood_goodput),
             "goodput_ratio": round(flood_goodput / baseline, 3) if baseline else None,
-            "b_rss_kb": {"warm": rss_start, "flood_start": rss_before, "flood_end": rss_after,
-                         "growth_in_flood": rss_after - rss_before,
-                         "growth_in_baseline": rss_before - rss_start},
+            "b_rss_kb": mem,
             "b_cpu_share_in_baseline": round(cpu_base, 3),
             "b_cpu_share_in_flood": round(cpu, 3), "message_failures": load.failed}
 
@@ -506,8 +553,9 @@ bad mac1, {bad['flood']['seconds']:.0f} s: {bad['flood']['rate']:,.0f}/s reached
 {bad['b_dh_during_flood']} DH on B
   goodput A->B {bad['goodput_baseline_Bps'] / 1e6:.2f} MB/s before, \
 {bad['goodput_flood_Bps'] / 1e6:.2f} MB/s during ({bad['goodput_ratio']:.0%}); \
-B RSS {bad['b_rss_kb']['growth_in_flood'] / 1024:+.1f} MB in the flood \
-({bad['b_rss_kb']['growth_in_baseline'] / 1024:+.1f} MB in the baseline), \
+B RSS {bad['b_rss_kb']['growth'] / 1024:+.1f} MB (median of the flood's last \
+12 s against the baseline's; peaks {bad['b_rss_kb']['peak_in_baseline'] / 1024:.1f} and \
+{bad['b_rss_kb']['peak_in_flood'] / 1024:.1f} MB), \
 B CPU {bad['b_cpu_share_in_flood']:.0%} (baseline {bad['b_cpu_share_in_baseline']:.0%})
 valid mac1 from 1,000 sources: {valid['flood']['rate']:,.0f}/s reached; under load after \
 {valid['under_load_after_s'] * 1000:.0f} ms (polling saw it after \
