@@ -116,8 +116,9 @@ class GetResult:
 @dataclass(frozen=True)
 class GetSessions:
     """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...], "counters": {...},
-    "guard": {...}}``: the rows of ``sporenet sessions``, the session manager's and the
-    overlay's drop counters, and the handshake flood guard's state."""
+    "guard": {...}, "now": float}``: the rows of ``sporenet sessions``, the session
+    manager's and the overlay's drop counters, the handshake flood guard's state and
+    the agent's clock (``time.monotonic``, the scale of ``guard["under_load_since"]``)."""
 
 
 @dataclass(frozen=True)

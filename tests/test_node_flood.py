@@ -22,8 +22,9 @@ and B's ``/proc/PID/status``.
     when the load began; monotonic clocks are system-wide), and A, starting a session
     with B during the flood, completes its handshake in <= 2 msg1s (the first gets a
     cookie reply, the retry carries mac2). While under load B does DH work for A's
-    handshakes only (4 DH each); before the load began the flood could cost at most one
-    link burst of DH (50).
+    handshakes only (4 DH each); before the load began the flood cost about one link
+    burst of DH (the link bucket's 50 plus what refills while they are answered: 1-47
+    seen; bounded here by the screen's burst, 100).
 
 Runtime: ~90 s for (a) (10 s of warm-up, 12 s of baseline, the 60 s flood), ~10 s
 for (b). The sans-IO tests of the screen and of the overflow rule take milliseconds.
@@ -35,6 +36,7 @@ import dataclasses
 import importlib.util
 import ipaddress
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,12 +205,14 @@ def test_valid_mac1_flood_puts_the_node_under_load_and_a_peer_still_gets_in(mesh
                           lambda: f"B under load: {bench.guard(b)}")
         # B's own record of when the load began (its monotonic clock is the system's)
         assert loaded["under_load_since"] - started < 1.0, (started, loaded)
-        assert loaded["dh_operations"] <= LINK_BURST, loaded  # before the load: one burst
+        assert loaded["dh_operations"] <= SCREEN_BURST, loaded  # before the load: ~ one burst
 
         res = send_message(a, b.info["address"], "hello", "through the flood", deadline=25.0)
         assert res["state"] == "delivered", res
         during = bench.guard(b)
         counters = a.api.get("/v1/sessions")["counters"]
+        shown = subprocess.run([sys.executable, "-m", "sporenet.cli", "sessions", "--api",
+                                b.info["api"]], capture_output=True, text=True, timeout=60)
         flooder.stop()
         report = flooder.done(30)
     finally:
@@ -227,3 +231,6 @@ def test_valid_mac1_flood_puts_the_node_under_load_and_a_peer_still_gets_in(mesh
     assert answered >= 1
     assert during["dh_operations"] - loaded["dh_operations"] == DH_PER_ANSWER * answered, during
     assert during["initiations"]["cookie_sent"] > 0
+    # what an operator sees: `sporenet sessions` on B, during the flood
+    assert shown.returncode == 0, shown.stderr
+    assert "handshake guard: UNDER LOAD" in shown.stdout and "DH operations" in shown.stdout
