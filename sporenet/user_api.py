@@ -101,7 +101,9 @@ class UserApi:
     def get_sessions(self) -> dict:
         """``{"sessions": [{"peer", "address", "state", "age", "key_age", "rekeys",
         "bytes_in", "bytes_out", "replay_drops", "pq", "initiator", "queued"}],
-        "counters": {name: n}}``."""
+        "counters": {name: n}, "guard": {...}, "now": float}``: ``guard`` is the
+        handshake flood guard (under load or not and since when, its queue, DH
+        operations, initiations by outcome), ``now`` the node's monotonic clock."""
         return self._ask(GetSessions())
 
     def post_topics(self, topic: str, senders: Any = (), reset: bool = False) -> dict:
