@@ -9,7 +9,8 @@ sessions of its own too. Every byte of every hop is recorded. A-B talks across t
 key epochs: the first classical keypair, the PQ rekey, and a rekey after 120 s.
 
 Each oracle hands an attacker some keys (read back from real key files) plus what it
-captured, and runs ``attack``: for every captured handshake the attacker replays the
+captured, and runs ``attack`` (in ``oracle_attacker.py``, shared with the real-node
+test ``test_node_compromise.py``): for every captured handshake the attacker replays the
 responder's side of Noise IK (``noise.py``), for every responder static it knows of,
 trying in each DH slot (es, ss, ee, se) every DH its private keys can make with that
 slot's two public points, and every psk it holds. Each guess is checked against the
@@ -34,27 +35,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import os
 import random
 import secrets
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 
-import nacl.bindings
 import pytest
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sporenet.keyfile import generate_identity, load_key_file, write_key_file
 from sporenet.protocols import contract as ct
 from sporenet.protocols import wire
 from sporenet.protocols.cookie import HandshakeRejected
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import (CONSTRUCTION, IDENTIFIER, ZERO_PSK, DecryptFailed, Initiator,
-                                      PeerKey, Responder, StaticKey, TimestampSource)
+from sporenet.protocols.noise import (ZERO_PSK, DecryptFailed, Initiator, PeerKey, Responder,
+                                      StaticKey, TimestampSource)
 from sporenet.protocols.overlay_messages import Routed
 from sporenet.protocols.pq import mlkem_available
 from sporenet.protocols.session_data import SessionData
@@ -64,63 +60,11 @@ from sporenet.protocols.session_messages import HandshakeInit, HandshakeResp
 from sporenet.protocols.session_peer import PeerState
 from sporenet.protocols.sessions import SessionManager
 
+from oracle_attacker import (Knowledge, Report, attack, open_data,  # tests/ is on sys.path
+                             x25519_private, x25519_public)
+
 T0 = 1_800_000_000.0  # Unix seconds (the TAI64N stamps of msg1 are wall-clock time)
 PROTO = 1
-STAGES = ("nothing", "static", "timestamp", "keys")  # how far into a handshake the attacker got
-
-
-# -- the attacker's own primitives (Noise spec / WireGuard whitepaper §5.4; not ours) ----
-
-def _h(data: bytes) -> bytes:
-    return hashlib.blake2s(data).digest()
-
-
-def _kdf(key: bytes, data: bytes, n: int) -> list[bytes]:
-    prk = hmac.new(key, data, hashlib.blake2s).digest()
-    out, prev = [], b""
-    for i in range(1, n + 1):
-        prev = hmac.new(prk, prev + bytes((i,)), hashlib.blake2s).digest()
-        out.append(prev)
-    return out
-
-
-def _aead_open(key: bytes, ciphertext: bytes, ad: bytes, counter: int = 0) -> bytes | None:
-    try:
-        return ChaCha20Poly1305(key).decrypt(struct.pack("<4xQ", counter), ciphertext, ad)
-    except InvalidTag:
-        return None
-
-
-def open_data(key: bytes, frame: bytes) -> bytes | None:
-    """A 0x23 frame's plaintext under ``key`` (nonce from its counter, AAD its header)."""
-    (counter,) = struct.unpack_from("!Q", frame, 6)
-    return _aead_open(key, frame[14:], frame[:14], counter)
-
-
-def x25519_private(ed_identity: Identity) -> X25519PrivateKey:
-    """The Noise static private key, derived from the Ed25519 key file as libsodium does."""
-    raw = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(ed_identity.seed
-                                                             + ed_identity.public_key)
-    return X25519PrivateKey.from_private_bytes(raw)
-
-
-def x25519_public(ed_public: bytes) -> bytes:
-    return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed_public)
-
-
-def _pub(k: X25519PrivateKey) -> bytes:
-    return k.public_key().public_bytes_raw()
-
-
-def _dh(k: X25519PrivateKey, point: bytes) -> bytes | None:
-    try:
-        return k.exchange(X25519PublicKey.from_public_bytes(point))
-    except ValueError:
-        return None
-
-
-_C0 = _h(CONSTRUCTION)
-_H0 = _h(_C0 + IDENTIFIER)
 
 
 # -- recording: rng draws, installed keys, psks ------------------------------------------
@@ -337,118 +281,6 @@ def rec(tmp_path_factory) -> Recording:
     return r
 
 
-# -- the attack --------------------------------------------------------------------------
-
-@dataclass
-class Knowledge:
-    privates: list[X25519PrivateKey]  # every X25519 private key the attacker holds
-    psks: list[bytes] = field(default_factory=list)  # besides the all-zero psk
-    raw_keys: list[bytes] = field(default_factory=list)  # anything else, tried as AEAD keys
-    statics: list[bytes] = field(default_factory=list)  # every node's X25519 static (public)
-
-
-@dataclass
-class Report:
-    stages: dict[tuple[int, int], str]  # (msg1 sender index, msg2 sender index) -> stage
-    derived: set[bytes]  # every transport key derived (verified or not)
-    tried: int  # (key, data frame) decryptions tried
-    opened: list[tuple[bytes, bytes]]  # (frame, plaintext)
-    verified_keys: list[bytes]  # transport keys confirmed by the handshake's empty payload
-
-
-def _slot(privates: list[X25519PrivateKey], *points: bytes) -> list[bytes]:
-    """Every DH value the attacker can make with the points of one Noise DH slot."""
-    out = {v for k in privates for p in points if (v := _dh(k, p)) is not None}
-    return sorted(out)
-
-
-def attack_handshake(m1: HandshakeInit, m2: HandshakeResp,
-                     know: Knowledge) -> tuple[str, list[tuple[bytes, bytes]], list[bytes]]:
-    """Replay the responder's side of IK on a captured msg1/msg2 with every guess.
-
-    Returns the furthest stage reached, every (T1, T2) transport key pair derivable on a
-    path that passed every check so far, and the pairs the empty payload confirmed.
-    """
-    stage, candidates, verified = "nothing", [], []
-    psks = list(dict.fromkeys([ZERO_PSK, *know.psks]))
-    for r_pub in know.statics:  # which node answered: try them all
-        c, h = _C0, _h(_H0 + r_pub)
-        (c,) = _kdf(c, m1.ephemeral, 1)
-        h = _h(h + m1.ephemeral)
-        for es in _slot(know.privates, m1.ephemeral, r_pub):
-            c1, k = _kdf(c, es, 2)
-            s_pub = _aead_open(k, m1.encrypted_static, h)
-            if s_pub is None:
-                continue
-            stage = max(stage, "static", key=STAGES.index)
-            h1 = _h(h + m1.encrypted_static)
-            for ss in _slot(know.privates, s_pub, r_pub):
-                c2, k = _kdf(c1, ss, 2)
-                if _aead_open(k, m1.encrypted_timestamp, h1) is None:
-                    continue
-                stage = max(stage, "timestamp", key=STAGES.index)
-                h2 = _h(h1 + m1.encrypted_timestamp)
-                (c3,) = _kdf(c2, m2.ephemeral, 1)
-                h3 = _h(h2 + m2.ephemeral)
-                for ee in _slot(know.privates, m1.ephemeral, m2.ephemeral):
-                    (c4,) = _kdf(c3, ee, 1)
-                    for se in _slot(know.privates, s_pub, m2.ephemeral):
-                        (c5,) = _kdf(c4, se, 1)
-                        for psk in psks:
-                            c6, tau, k = _kdf(c5, psk, 3)
-                            keys = tuple(_kdf(c6, b"", 2))
-                            candidates.append(keys)
-                            if _aead_open(k, m2.encrypted_nothing, _h(h3 + tau)) is not None:
-                                stage = "keys"
-                                verified.append(keys)
-    return stage, candidates, verified
-
-
-def attack(rec: Recording, frames: list[bytes], know: Knowledge) -> Report:
-    """Everything ``know`` gives against the session frames ``frames``."""
-    parsed = [(f, wire.decode_frame(f)) for f in frames if f[1] in (0x20, 0x21)]
-    inits = [m for f, m in parsed if isinstance(m, HandshakeInit)]
-    resps = [m for f, m in parsed if isinstance(m, HandshakeResp)]
-    data = [f for f in frames if f[1] == SessionData.TYPE]
-    stages: dict[tuple[int, int], str] = {}
-    opened, verified_all, tried, derived = [], [], 0, set()
-
-    def try_key(key: bytes, targets: list[bytes]) -> None:
-        nonlocal tried
-        for f in targets:
-            tried += 1
-            plain = open_data(key, f)
-            if plain is not None:
-                opened.append((f, plain))
-
-    for m1 in inits:
-        for m2 in [r for r in resps if r.receiver_index == m1.sender_index]:
-            stage, candidates, verified = attack_handshake(m1, m2, know)
-            stages[(m1.sender_index, m2.sender_index)] = stage
-            derived |= {k for pair in candidates for k in pair}
-            verified_all += [k for pair in verified for k in pair]
-            # Frames of this keypair carry one of its two indices; a wrong key fails on
-            # any frame, so two per direction suffice for the unconfirmed guesses.
-            mine = [f for f in data
-                    if struct.unpack_from("!I", f, 2)[0] in (m1.sender_index, m2.sender_index)]
-            for pair in verified or candidates:
-                for key in pair:
-                    try_key(key, mine if verified else mine[:4])
-    # Then every raw secret, every DH value it can make with any point in the capture or
-    # any node's static, and their hashes, as the AEAD key itself, on every data frame.
-    points = sorted({m.ephemeral for m in inits + resps} | set(know.statics))
-    raw = set(know.raw_keys) | set(know.psks)
-    for k in know.privates:
-        raw.add(k.private_bytes_raw())
-        for p in points:
-            if (v := _dh(k, p)) is not None:
-                raw |= {v, _h(v)}
-    for key in sorted(raw):
-        if len(key) == 32:
-            try_key(key, data)
-    return Report(stages, derived, tried, opened, verified_all)
-
-
 def stages_of(rec: Recording, report: Report, pair: set[str]) -> list[str]:
     """The stage the attack reached in each completed handshake of ``pair``."""
     return [report.stages[(m1.sender_index, m2.sender_index)]
@@ -486,7 +318,7 @@ def test_attack_with_the_ephemeral_keys_opens_everything(rec):
     frames = [f for f, s, d in rec.session_frames() if {s, d} == {"a", "b"}]
     know = Knowledge(privates=a.ephemerals() + [x25519_private(a.identity)], psks=rec.psks,
                      statics=statics_of(rec))
-    report = attack(rec, frames, know)
+    report = attack(frames, know)
     assert set(stages_of(rec, report, {"a", "b"})) == {"keys"}, report.stages
     real = rec.keys_of({"a", "b"})
     assert sorted(set(report.verified_keys)) == sorted(set(real))
@@ -514,7 +346,7 @@ def test_both_static_keys_and_the_psks_cannot_decrypt_past_sessions(rec):
     frames = [f for f, _, _ in rec.session_frames()]
     know = Knowledge(privates=[x25519_private(a), x25519_private(b)], psks=rec.psks,
                      raw_keys=[a.seed, b.seed], statics=statics_of(rec))
-    report = attack(rec, frames, know)
+    report = attack(frames, know)
     # Every A-B handshake: the static and the timestamp of msg1 open, the keys do not.
     assert set(stages_of(rec, report, {"a", "b"})) == {"timestamp"}, report.stages
     assert "keys" not in report.stages.values()
@@ -571,14 +403,14 @@ def test_node_c_key_and_everything_c_saw_give_nothing_about_a_b(rec):
     ab_frames = [f for f, s, d in frames_seen if {s, d} == {"a", "b"}]
     assert any(f[1] == SessionData.TYPE for f in ab_frames)
 
-    report = attack(rec, ab_frames, know)
+    report = attack(ab_frames, know)
     assert set(stages_of(rec, report, {"a", "b"})) == {"nothing"}, report.stages
     assert report.opened == []
     assert report.tried >= len(rec.data_frames({"a", "b"})) * len(know.raw_keys)
 
     # Control: the same attack on C's own sessions recovers them (C is their endpoint).
     own = [f for f, s, d in frames_seen if "c" in (s, d)]
-    mine = attack(rec, own, know)
+    mine = attack(own, know)
     assert set(stages_of(rec, mine, {"a", "c"}) + stages_of(rec, mine, {"b", "c"})) == {"keys"}
     own_payloads = [p for (s, d), ps in rec.payloads.items() if "c" in (s, d) for p in ps]
     assert all(any(p in plain for _, plain in mine.opened) for p in own_payloads)
@@ -608,7 +440,7 @@ def test_all_owner_keys_together_cannot_decrypt_members_traffic(rec):
                      + [o.seed for o in owners],
                      raw_keys=[o.seed for o in owners] + [rec.contract.hash],
                      statics=statics_of(rec))
-    report = attack(rec, frames, know)
+    report = attack(frames, know)
     assert report.stages and set(report.stages.values()) == {"nothing"}, report.stages
     assert len(report.stages) == sum(len(rec.handshakes(p))
                                      for p in ({"a", "b"}, {"a", "c"}, {"b", "c"}))
