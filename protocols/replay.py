@@ -35,8 +35,8 @@ COUNTER_LIMIT = (1 << 64) - (1 << 13) - 1
 class ReplayWindow:
     """Which counters of one receive direction were already accepted.
 
-    Driven by the keypair that owns it: ``check`` before decrypting (cheap early
-    drop of replays), ``accept`` after the tag verified. Not thread-safe: a keypair
+    Driven by the keypair that owns it: ``check`` (read-only) and, after the tag
+    verified, ``accept``; a frame is a replay only if it is authentic. Not thread-safe: a keypair
     lives in one thread.
     """
 

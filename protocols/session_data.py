@@ -209,10 +209,11 @@ class Keypair:
     def _open(self, frame: bytes | memoryview, counter: int, now: float) -> bytes:
         if now - self.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             raise ExpiredFrame(f"keypair {self.local_index:#010x} expired")
-        # Read-only pre-check: a replay costs no decryption, and moves nothing.
-        if not self._window.check(counter):
-            self.replayed += 1
-            raise ReplayedFrame(f"counter {counter} replayed or below the window")
+        # The tag is checked before the window decides, as WireGuard does: a frame with a
+        # used counter and a forged tag is counted as forged, so an on-path attacker
+        # cannot inflate the replay count an operator reads (skipping the decrypt of a
+        # repeat would save nothing against one: fresh counters cost the same decrypt).
+        fresh = self._window.check(counter)
         view = memoryview(frame)
         try:
             plaintext = self._receiver.decrypt(_NONCE.pack(counter), view[HEADER_SIZE:],
@@ -221,9 +222,9 @@ class Keypair:
             self.forged += 1
             raise BadTag(f"bad tag on counter {counter}") from None
         # Only now, authenticated, may the window move (module invariant 3).
-        if not self._window.accept(counter):  # unreachable single-threaded; kept as a guard
+        if not fresh or not self._window.accept(counter):
             self.replayed += 1
-            raise ReplayedFrame(f"counter {counter} replayed")
+            raise ReplayedFrame(f"counter {counter} replayed or below the window")
         return plaintext
 
     def __repr__(self) -> str:
