@@ -160,7 +160,9 @@ class ContractGossip:
         ev = find_fork(c, self.held)
         if ev is None:
             return None
-        return self._on_evidence(peer, ev, now, source)
+        # The peer that offered the other branch may not know it is forked (it may never
+        # get, or never check, our offer): it gets the evidence too.
+        return self._on_evidence(peer, ev, now, source, tell_source=True)
 
     def summaries(self, now: float) -> list[dict]:
         return self.forks.summaries(now)
@@ -272,7 +274,7 @@ class ContractGossip:
     # -- fork evidence ---------------------------------------------------------------
 
     def _on_evidence(self, peer: bytes | None, ev: ForkEvidence, now: float,
-                     source: str) -> list[Action]:
+                     source: str, tell_source: bool = False) -> list[Action]:
         cur = self.current()
         if ev.network != cur.network or self.forks.known(ev.id):
             return []
@@ -288,7 +290,7 @@ class ContractGossip:
         if not self.forks.record(ev, now, source):
             return []
         out: list[Action] = [ForkDetected(ev, source, peer)]
-        for nid in sorted(self.peers - {peer}):
+        for nid in sorted(self.peers if tell_source else self.peers - {peer}):
             out += self._send_evidence(nid, ev)
         return out
 

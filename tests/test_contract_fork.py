@@ -190,10 +190,12 @@ class Net:
         for a, b in ((x, y), (y, x)):
             self.nodes[a].act(self.nodes[a].gossip.handle(PeerUp(b, b, "", "", True), self.now), self)
 
-    def run(self, limit=10_000):
+    def run(self, limit=10_000, drop=lambda src, dst, kind: False):
         while self.queue and limit:
             limit -= 1
             src, dst, frame = self.queue.pop(0)
+            if drop(src, dst, frame[1]):
+                continue
             self.frames.append((src, dst, frame[1]))
             node = self.nodes[dst]
             node.act(node.gossip.handle(LinkFrameIn(src, frame, self.now), self.now), self)
@@ -256,6 +258,18 @@ def test_a_forked_offer_is_refused_alerted_and_the_evidence_reaches_every_node(c
     net.link(N3, n4.nid)
     net.run()
     assert [f.evidence for f in n4.forks] == [ev] and len(n3.forks) == 1
+
+
+def test_the_peer_that_offered_the_other_branch_gets_the_evidence(chain):
+    v1, v2a, v2b = chain
+    n1, n2 = Node(N1, v2b, v1), Node(N2, v2a, v1)
+    net = Net(n1, n2)
+    net.link(N1, N2)  # n2's offer to n1 is lost: n1 can only learn from n2's evidence
+    net.run(drop=lambda src, dst, kind: (src, dst, kind) == (N2, N1, ContractOffer.TYPE))
+    ev = ForkEvidence.of(v2a, v2b)
+    assert [f.evidence for f in n2.forks] == [ev] and n2.forks[0].source == "gossip"
+    assert [f.evidence for f in n1.forks] == [ev] and n1.forks[0].peer == N2
+    assert n1.current == v2b and n2.current == v2a
 
 
 def test_a_fork_between_large_versions_is_fetched_in_chunks_and_its_evidence_chunked_on(chain):
