@@ -49,7 +49,6 @@ import ipaddress
 import json
 import secrets
 import struct
-import threading
 import time
 
 import pytest
@@ -58,11 +57,10 @@ from sporenet.keyfile import load_key_file
 from sporenet.local_mesh import ping, selected_routes as selected, send_message, trace, \
     wait_for
 from sporenet.protocols import wire
-from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, PeerUp
+from sporenet.protocols.notices import PeerUp
 from sporenet.protocols.overlay_messages import Proto
 from sporenet.protocols.session_data import SessionData
 from sporenet.protocols.session_messages import HandshakeInit, HandshakeResp
-from sporenet.transports.bus import BusClient, load_endpoints
 
 from oracle_attacker import (_C0, _H0, Knowledge, _aead_open, _dh, _h, _kdf, attack,  # tests/
                              x25519_private, x25519_public)  # is on sys.path (rootdir)
@@ -71,28 +69,6 @@ from test_node_sessions import Tap, cli, sessions
 pytestmark = pytest.mark.slow
 
 TAI64_EPOCH = 0x400000000000000A  # TAI64 label of the Unix epoch (2^62 + 10 s), as in WG
-
-
-class PeerTap(Tap):
-    """``Tap`` (every link frame through the node) that also keeps each ``PeerUp``."""
-
-    def __init__(self, run_dir) -> None:  # Tap's, with one more topic
-        self.client = BusClient(load_endpoints(run_dir))
-        self.client.subscribe(LinkFrameIn.TOPIC, LinkFrameOut.TOPIC, PeerUp.TOPIC)
-        self.client.sync()
-        self.frames: list[bytes] = []
-        self.peers: list[PeerUp] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            notice = self.client.recv(timeout=0.1)
-            if isinstance(notice, PeerUp):
-                self.peers.append(notice)
-            elif isinstance(notice, (LinkFrameIn, LinkFrameOut)):
-                self.frames.append(bytes(notice.frame))
 
 
 def recv_all(node, topic: str) -> list[str]:
@@ -124,7 +100,7 @@ def open_msg1(m1: HandshakeInit, private, responder_static: bytes) -> tuple[byte
 def test_c_key_file_and_everything_c_relayed_open_no_a_b_traffic(mesh):
     t_start = time.time()
     c = mesh.start_node("c")
-    tap = PeerTap(c.run_dir)  # before A and B exist: their PeerUps are captured too
+    tap = Tap(c.run_dir, PeerUp.TOPIC)  # before A and B exist: their PeerUps are captured too
     payloads: dict[tuple[str, str], list[str]] = {}
     try:
         a = mesh.start_node("a", peers=[c.endpoint])
@@ -173,7 +149,7 @@ def test_c_key_file_and_everything_c_relayed_open_no_a_b_traffic(mesh):
     # -- what C saw --------------------------------------------------------------------
     capture = list(tap.frames)
     routed = tap.routed()
-    peer_keys = {p.name: p.public_key for p in tap.peers}
+    peer_keys = {p.name: p.public_key for p in tap.notices if isinstance(p, PeerUp)}
     address = {n: nodes[n].info["address"] for n in nodes}
     ab = {address["a"], address["b"]}
     ac = {address["a"], address["c"]}

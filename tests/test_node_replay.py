@@ -19,8 +19,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -32,21 +30,12 @@ from sporenet.protocols.framing import FrameDecoder, encode_length_prefixed
 from sporenet.protocols.overlay_messages import Proto, Routed
 from sporenet.protocols.session_data import HEADER_SIZE, TAG_SIZE, SessionData
 
+from test_node_sessions import cli, sessions as session_rows  # tests/ is on sys.path
+
 pytestmark = pytest.mark.slow
 
 SECRET = "walnut-cobalt-5512: said once, must arrive once"
 AFTER = "after the replays"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sporenet.cli", *args], capture_output=True,
-                          text=True, timeout=60)
-
-
-def session_rows(node) -> list[dict]:
-    out = cli("sessions", "--api", node.info["api"], "--json")
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)["sessions"]
 
 
 def row_for(node, peer) -> dict | None:

@@ -38,13 +38,15 @@ def sessions(node) -> list[dict]:
 
 
 class Tap:
-    """Every link frame through a node, read off its bus in a thread."""
+    """Every link frame through a node, read off its bus in a thread; the notices of any
+    ``extra_topics`` go to ``notices``, in order."""
 
-    def __init__(self, run_dir) -> None:
+    def __init__(self, run_dir, *extra_topics: str) -> None:
         self.client = BusClient(load_endpoints(run_dir))
-        self.client.subscribe(LinkFrameIn.TOPIC, LinkFrameOut.TOPIC)
+        self.client.subscribe(LinkFrameIn.TOPIC, LinkFrameOut.TOPIC, *extra_topics)
         self.client.sync()
         self.frames: list[bytes] = []
+        self.notices: list[object] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -54,6 +56,8 @@ class Tap:
             notice = self.client.recv(timeout=0.1)
             if isinstance(notice, (LinkFrameIn, LinkFrameOut)):
                 self.frames.append(bytes(notice.frame))
+            elif notice is not None:
+                self.notices.append(notice)
 
     def close(self) -> None:
         self._stop.set()
