@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from sporenet.api_client import ApiClient, ApiClientError
 from sporenet.config import DEFAULT_API
 from sporenet.ledger_file import load_forks
 from sporenet.protocols import contract as ct
 
 from .contract import _run, write_contract
 from .contract import command as _group
+from .status import fetch_path
 
 FORK_ADVICE = ("the owners (or someone holding their keys) signed two different versions; this "
                "node keeps its own and refuses the other. Compare the two "
@@ -34,10 +34,7 @@ FORK_ADVICE = ("the owners (or someone holding their keys) signed two different 
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON as is.")
 def status(api: str, as_json: bool) -> None:
     """The contract a running node enforces, and any fork it has seen."""
-    try:
-        doc = ApiClient(api).get("/v1/contract")
-    except ApiClientError as exc:
-        raise click.ClickException(str(exc)) from None
+    doc = fetch_path(api, "/v1/contract")
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

@@ -12,7 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sporenet.api_client import ApiClient, ApiClientError
+from .status import fetch_path
+
 
 
 @click.command("explain")
@@ -22,10 +23,7 @@ from sporenet.api_client import ApiClient, ApiClientError
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON as is")
 def command(destination: str, api: str, as_json: bool) -> None:
     """Explain the route to DESTINATION (node id, id prefix or overlay address)."""
-    try:
-        data = ApiClient(api).get("/v1/explain", destination=destination)
-    except ApiClientError as e:
-        raise click.ClickException(str(e)) from None
+    data = fetch_path(api, "/v1/explain", destination=destination)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

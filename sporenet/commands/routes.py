@@ -10,7 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sporenet.api_client import ApiClient, ApiClientError
+from .status import fetch_path
+
 
 
 @click.command("routes")
@@ -20,10 +21,7 @@ from sporenet.api_client import ApiClient, ApiClientError
 @click.option("--all", "show_all", is_flag=True, help="also list routes not selected")
 def command(api: str, as_json: bool, show_all: bool) -> None:
     """Show the node's routing table."""
-    try:
-        data = ApiClient(api).get("/v1/routes")
-    except ApiClientError as e:
-        raise click.ClickException(str(e)) from None
+    data = fetch_path(api, "/v1/routes")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

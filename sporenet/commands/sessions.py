@@ -20,9 +20,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sporenet.api_client import ApiClient, ApiClientError
 
-from .status import api_option, console, format_duration, json_option
+from .status import api_option, console, fetch_path, format_duration, json_option
 
 
 def render(rows: list[dict[str, Any]]) -> None:
@@ -57,10 +56,7 @@ def render_guard(guard: dict[str, Any]) -> None:
 @json_option
 def command(api: str, as_json: bool) -> None:
     """List this node's end-to-end sessions."""
-    try:
-        data = ApiClient(api).get("/v1/sessions")
-    except ApiClientError as exc:
-        raise click.ClickException(str(exc)) from None
+    data = fetch_path(api, "/v1/sessions")
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

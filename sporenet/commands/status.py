@@ -28,6 +28,14 @@ def fetch(api: str, what: str) -> dict[str, Any]:
         raise click.ClickException(str(exc)) from None
 
 
+def fetch_path(api: str, path: str, **params: str) -> dict[str, Any]:
+    """GET ``path`` of the node's API; failures become a one-line CLI error."""
+    try:
+        return ApiClient(api).get(path, **params)
+    except ApiClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def console() -> Console:
     # Piped output is not cut at 80 columns: scripts and logs want whole lines.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
