@@ -27,7 +27,7 @@ class Selector:
     _measured: set[bytes]
     _dests: dict[bytes, Destination]
     _sources: dict[bytes, tuple[int, int, float]]
-    _starving: set[bytes]
+    _starving: dict[bytes, None]
     _queued: set[bytes]
     _refresh: deque[bytes]
     _fib_map: dict[bytes, bytes]
@@ -61,11 +61,15 @@ class Selector:
         dest = self._dests[origin]
         s = self._sources.get(origin)
         src = None if s is None else (s[0], s[1])
-        measured = self._measured
+        measured, sel = self._measured, dest.selected
+        # The selected route stays a candidate when its neighbour's metric rises past
+        # our feasibility distance (babeld does the same; RFC 8966 §3.5.4 lets the
+        # update be ignored): keeping a successor cannot close a loop, only switching
+        # to one can, and switching still needs feasibility.
         cands = [r for r in dest.routes.values()
                  if not r.expired and r.metric < INFINITY and r.neighbour in measured
-                 and feasible(src, r.seqno, r.advertised)]  # Route.usable, _feasible inlined
-        cur = dest.routes.get(dest.selected) if dest.selected else None
+                 and (r.neighbour == sel or feasible(src, r.seqno, r.advertised))]
+        cur = dest.routes.get(sel) if sel else None
         if cur is not None and cur not in cands:
             cur = None
         new = min(cands, key=lambda r: (self._tier(r), r.metric, r.neighbour), default=None)
@@ -87,7 +91,7 @@ class Selector:
                     self._refresh.append(origin)
         actions: list[Action] = []
         if new is not None:
-            self._starving.discard(origin)
+            self._starving.pop(origin, None)
             adv = dest.advertised
             if (adv is None or adv[0] != new.seqno
                     or abs(new.metric - adv[1]) > self._margin(adv[1])):
@@ -113,7 +117,7 @@ class Selector:
                     actions += self._to_all(RouteUpdate(dest.origin_pub, signed.seqno, INFINITY,
                                                         signed.region, 0, signed.signature))
             if dest.routes:
-                self._starving.add(origin)
+                self._starving[origin] = None
                 actions += self._request_all(origin, dest, now)
             if not dest.routes:
                 del self._dests[origin]

@@ -19,7 +19,12 @@ Rules (each has a unit test in ``tests/test_router.py``):
 - Feasibility (RFC 8966 §3.5.1, ``route_table.feasible``) against the source table
   ``origin -> (seqno, feasibility distance)``, which is updated whenever we advertise a
   route (newer seqno resets, equal seqno takes the minimum). Infeasible routes are
-  kept (and shown by ``explain``) but never selected: so no transient loops.
+  kept (and shown by ``explain``) but never newly selected: so no transient loops.
+  The selected route stays selected when its neighbour's metric rises past our
+  feasibility distance (babeld does this; RFC 8966 §3.5.4 allows ignoring such an
+  update): keeping a successor cannot close a loop, and unselecting it made every
+  node behind it starve, retract and ask the origin for a new seqno at once (in a
+  simulated network with 2 % loss on some links, 40 % of routing traffic).
 - Selection among usable feasible routes: locality tier first, then metric, with
   hysteresis: a selected route is replaced by a feasible one of the same tier only if
   that is better by more than ``max(hysteresis_frac * metric, hysteresis_min)``.
@@ -146,7 +151,9 @@ class Router(Selector, Announcer, RouteViews):
         self._expiry: list[tuple[float, bytes]] = []  # (when, origin), see Destination.heap_at
         self._refresh: deque[bytes] = deque((self.node_id,))  # round-robin of origins
         self._queued: set[bytes] = {self.node_id}
-        self._starving: set[bytes] = set()  # routes known, none feasible: retry requests
+        # Routes known, none feasible: retry requests. A dict, not a set: on_timer walks
+        # it, and a set of bytes walks in a per-process hash order (same seed, other run).
+        self._starving: dict[bytes, None] = {}
         self._fib_map: dict[bytes, bytes] = {}  # origin -> next hop, kept current
         self._fib_version = 0
         self._fib = Fib({}, 0)
@@ -220,7 +227,7 @@ class Router(Selector, Announcer, RouteViews):
             dest.routes.clear()
             actions += self._reselect(origin, now, "not a member of the network contract", None)
             self._sources.pop(origin, None)
-            self._starving.discard(origin)
+            self._starving.pop(origin, None)
         return actions + self._publish()
 
     def next_deadline(self) -> float | None:
@@ -241,7 +248,7 @@ class Router(Selector, Announcer, RouteViews):
             for origin in list(self._starving):
                 dest = self._dests.get(origin)
                 if dest is None or dest.selected is not None or not dest.routes:
-                    self._starving.discard(origin)
+                    self._starving.pop(origin, None)
                 else:
                     actions += self._request_all(origin, dest, now)
             if now >= self._next_gc:

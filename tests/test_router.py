@@ -165,6 +165,23 @@ def test_infeasible_update_is_kept_not_selected_and_starvation_sends_seqno_reque
                                                            SeqnoRequest))
 
 
+def test_a_selected_route_whose_metric_rises_past_the_fd_is_kept_not_retracted():
+    r = make(neighbours=((A, 10), (B, 10)))
+    feed(r, A, signed(O, 1, 10))                  # via A: 20, advertised: FD (1, 20)
+    feed(r, B, signed(O, 1, 40))                  # via B: 50, infeasible
+    acts = feed(r, A, signed(O, 1, 30), now=1.0)  # A's own path got worse: 30 >= FD 20
+    assert r.fib()[O.node_id] == A.node_id        # kept: only switching needs feasibility
+    out = sends(acts)
+    assert out and all(m.metric == 40 for _, m in out)   # the true metric, not a retraction
+    assert r.source(O.node_id) == (1, 20)         # the FD does not rise
+    assert sends(acts, SeqnoRequest) == []        # nothing better is blocked (B: 50 > 40)
+    feed(r, B, signed(O, 1, 5), now=2.0)          # feasible (5 < 20) and clearly better
+    assert r.fib()[O.node_id] == B.node_id
+    acts = feed(r, B, signed(O, 1, INFINITY), now=3.0)
+    assert r.fib() == {}                          # A's infeasible route is not taken back
+    assert {m.metric for _, m in sends(acts)} == {INFINITY}
+
+
 def test_equal_seqno_better_metric_is_feasible():
     r = make(neighbours=((A, 10), (B, 1)))
     feed(r, A, signed(O, 1, 10))                  # FD 20
