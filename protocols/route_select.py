@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .base import Action
 from .route_table import Destination, Route, SendToNeighbour, feasible
-from .routing_messages import INFINITY, SEQNO_MOD, RouteUpdate, SeqnoRequest
+from .routing_messages import INFINITY, SEQNO_MOD, RouteUpdate, SeqnoRequest, seqno_newer
 
 REQUEST_HOPS = 127  # babeld's value: a latency-shortest path can be long in hops
 
@@ -152,5 +152,9 @@ class Selector:
             return []
         dest.last_request = now
         self._counters["seqno_requests_sent"] += 1
-        return [SendToNeighbour(r.neighbour,
-                                SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS))]
+        # A route older than our source entry is only stale (its neighbour's newer
+        # update is in flight, or was lost): ask for the seqno we already hold, which
+        # that neighbour or a node on its way answers. Only a route infeasible at that
+        # seqno needs the origin to make a new one (+1), which floods the network.
+        seqno = src[0] if seqno_newer(src[0], r.seqno) else (src[0] + 1) % SEQNO_MOD
+        return [SendToNeighbour(r.neighbour, SeqnoRequest(origin, seqno, REQUEST_HOPS))]

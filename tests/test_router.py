@@ -702,6 +702,22 @@ def test_a_selected_route_that_gets_much_worse_asks_for_a_newer_seqno_at_once():
     assert r.fib()[O.node_id] == B.node_id
 
 
+def test_a_stale_better_route_asks_for_the_seqno_we_hold_not_a_new_one():
+    r = make(neighbours=((A, 10), (B, 10)))
+    feed(r, B, signed(O, 1, 10))                        # via B: 20, FD (1, 20)
+    r.handle(LinkCostChanged(B.node_id, 100), 1.0)      # via B: 110
+    feed(r, A, signed(O, 2, 30), now=2.0)               # a newer seqno via A: 40, selected
+    assert r.fib()[O.node_id] == A.node_id and r.source(O.node_id) == (2, 40)
+    # B's link recovers: its seqno-1 route (20) is better but older than what we hold
+    # (B's seqno-2 update is in flight or was lost). Asking B for seqno 2, which it
+    # or a node on its way holds, does not make the origin flood a new seqno.
+    acts = r.handle(LinkCostChanged(B.node_id, 10), 5.0)
+    assert r.fib()[O.node_id] == A.node_id
+    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 127))]
+    feed(r, B, signed(O, 2, 10), now=5.1)               # B's answer: feasible (10 < 40)
+    assert r.fib()[O.node_id] == B.node_id
+
+
 # ---------------------------------------------------------------- contract admission
 def test_updates_from_non_member_origins_are_dropped_and_counted():
     members = {ME.public_key, A.public_key, B.public_key, O.public_key}
