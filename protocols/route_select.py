@@ -12,8 +12,9 @@ from collections import deque
 from collections.abc import Callable
 
 from .base import Action
-from .route_table import Destination, Route, SendToNeighbour, feasible
-from .routing_messages import INFINITY, SEQNO_MOD, RouteUpdate, SeqnoRequest, seqno_newer
+from .route_table import Destination, Route, SendToNeighbour, feasible, metric_plus
+from .routing_messages import (INFINITY, SEQNO_MOD, RouteUpdate, SeqnoRequest, seqno_ge,
+                               seqno_newer)
 
 REQUEST_HOPS = 127  # babeld's value: a latency-shortest path can be long in hops
 
@@ -32,10 +33,12 @@ class Selector:
     _refresh: deque[bytes]
     _fib_map: dict[bytes, bytes]
     _fib_dirty: dict[bytes, bytes | None]
+    _askers: dict[bytes, dict[bytes, tuple[int, float]]]
     _counters: dict[str, int]
     # From Announcer (after this class in Router's bases, so no stubs here).
     _update_for: Callable[[bytes, Destination, Route], RouteUpdate]
     _to_all: Callable[[RouteUpdate], list[Action]]
+    _send: Callable[[bytes, RouteUpdate], SendToNeighbour]
 
     def source(self, origin: bytes) -> tuple[int, int] | None:
         s = self._sources.get(origin)
@@ -93,9 +96,11 @@ class Selector:
         if new is not None:
             self._starving.pop(origin, None)
             adv = dest.advertised
-            if (adv is None or adv[0] != new.seqno
-                    or abs(new.metric - adv[1]) > self._margin(adv[1])):
+            if adv is None or abs(new.metric - adv[1]) > self._margin(adv[1]):
                 actions += self._to_all(self._update_for(origin, dest, new))
+                self._askers.pop(origin, None)
+            elif adv[0] != new.seqno:
+                actions += self._answer_askers(origin, dest, new)
             # Our route got worse (a suspect or dearer link) while a route that the
             # feasibility condition blocks is clearly better: ask for a newer seqno now,
             # rather than waiting for that neighbour's next update to ask (RFC 8966
@@ -123,16 +128,40 @@ class Selector:
                 del self._dests[origin]
         return actions
 
+    def _answer_askers(self, origin: bytes, dest: Destination, new: Route) -> list[Action]:
+        """Only the seqno changed: send it now to the neighbours whose request for it we
+        forwarded, and to those whose own route (as they last told us) is clearly
+        worse than ours through us: they may be stuck behind their feasibility
+        distance, which the new seqno lifts (a repair that spreads through the region
+        that lost its routes, as after a cut, even if a request was lost in it). The
+        others get it with the paced refresh. Flooding every new seqno at once, as
+        Babel does, made each seqno request cost an update on every link."""
+        askers = self._askers.pop(origin, {})
+        due = [nb for nb, (want, _) in askers.items() if seqno_ge(new.seqno, want)]
+        if len(due) < len(askers):
+            self._askers[origin] = {nb: a for nb, a in askers.items() if nb not in due}
+        for nb, cost in self._neighbours.items():
+            r = dest.routes.get(nb)
+            if nb not in due and (r is None or r.expired or r.advertised - self._margin(
+                    r.advertised) > metric_plus(new.metric, cost)):
+                due.append(nb)
+        if not due:
+            return []
+        msg = self._update_for(origin, dest, new)
+        return [self._send(nb, msg) for nb in due if nb in self._neighbours]
+
     def _request_all(self, origin: bytes, dest: Destination, now: float) -> list[Action]:
         """Starvation (RFC 8966 §3.8.2.1): ask every neighbour for a newer seqno, at most
         once per update interval; ``on_timer`` retries while the starvation lasts, since
         a request can be lost (into a link not yet known to be dead) and unchanged
         refreshes, which would otherwise prompt a retry, come only once per cycle."""
         src = self._sources.get(origin)
-        if src is None or now - dest.last_request < self.update_interval:
+        if src is None:
             return []
-        dest.last_request = now
-        req = SeqnoRequest(origin, (src[0] + 1) % SEQNO_MOD, REQUEST_HOPS)
+        seqno = (src[0] + 1) % SEQNO_MOD
+        if not self._may_request(dest, seqno, now):
+            return []
+        req = SeqnoRequest(origin, seqno, REQUEST_HOPS)
         self._counters["seqno_requests_sent"] += len(self._neighbours)
         return [SendToNeighbour(nb, req) for nb in self._neighbours]
 
@@ -147,14 +176,25 @@ class Selector:
         cur = dest.routes.get(dest.selected) if dest.selected else None
         src = self._sources.get(origin)
         if (cur is None or src is None or not r.usable
-                or (self._tier(r), r.metric) >= (self._tier(cur), cur.metric)
-                or now - dest.last_request < self.update_interval):
+                or (self._tier(r), r.metric) >= (self._tier(cur), cur.metric)):
             return []
-        dest.last_request = now
-        self._counters["seqno_requests_sent"] += 1
         # A route older than our source entry is only stale (its neighbour's newer
         # update is in flight, or was lost): ask for the seqno we already hold, which
         # that neighbour or a node on its way answers. Only a route infeasible at that
-        # seqno needs the origin to make a new one (+1), which floods the network.
+        # seqno needs the origin to make a new one (+1).
         seqno = src[0] if seqno_newer(src[0], r.seqno) else (src[0] + 1) % SEQNO_MOD
+        if not self._may_request(dest, seqno, now):
+            return []
+        self._counters["seqno_requests_sent"] += 1
         return [SendToNeighbour(r.neighbour, SeqnoRequest(origin, seqno, REQUEST_HOPS))]
+
+    def _may_request(self, dest: Destination, seqno: int, now: float) -> bool:
+        """At most one request per destination per update interval, unless it asks for
+        a newer seqno than the last: when the answer to a stale route's request leaves
+        it still infeasible, the +1 request goes at once, not an interval later."""
+        last = dest.last_requested
+        if (now - dest.last_request < self.update_interval
+                and (last is None or not seqno_newer(seqno, last))):
+            return False
+        dest.last_request, dest.last_requested = now, seqno
+        return True

@@ -159,6 +159,7 @@ class Destination:
     last_reason: str = ""
     last_by: bytes | None = None
     last_request: float = float("-inf")
+    last_requested: int | None = None  # the seqno we asked for then
     heap_at: float | None = None  # when the expiry heap next looks at this destination
 
     def reason(self) -> str:

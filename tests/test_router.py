@@ -253,6 +253,28 @@ def test_locality_only_for_destinations_in_our_region():
     assert r.fib()[O.node_id] == A.node_id
 
 
+def test_a_new_seqno_goes_at_once_only_to_who_asked_or_has_a_worse_route_the_rest_later():
+    D = O3                                                                 # a 4th neighbour
+    r = make(neighbours=((A, 10), (B, 10), (C, 10), (D, 10)), update_interval=4.0)
+    feed(r, A, signed(O, 3, 5))                                            # via A: 15
+    for nb in (B, C, D):
+        feed(r, nb, signed(O, 3, 8))                                       # their own: 8
+    feed(r, D, signed(O, 3, 900))            # D's route went bad: 900 > 15 + 10 via us
+    assert sends(feed(r, B, SeqnoRequest(O.node_id, 4, 5), 1.0), SeqnoRequest)  # to A
+    acts = feed(r, A, signed(O, 4, 5), now=1.1)                            # the answer
+    assert sorted(nb for nb, m in sends(acts) if m.seqno == 4) == sorted([B.node_id, D.node_id])
+    feed(r, D, signed(O, 4, 8), now=1.15)                                  # D is fine again
+    acts = feed(r, A, signed(O, 5, 5), now=1.2)                            # nobody asked
+    assert sends(acts) == []
+    told = set()
+    while len(told) < 4 and (t := r.next_deadline()) < 60.0:               # the paced refresh
+        told |= {nb for nb, m in sends(r.on_timer(t)) if m.origin_pub == O.public_key
+                 and m.seqno == 5}
+    assert told == {A.node_id, B.node_id, C.node_id, D.node_id}
+    acts = feed(r, A, signed(O, 6, 50), now=t + 0.1)                       # metric 60: +300 %
+    assert {nb for nb, m in sends(acts)} == {A.node_id, B.node_id, C.node_id, D.node_id}
+
+
 @pytest.mark.parametrize("my_region,origin_region,in_flags,out_flags", [
     ("eu", "eu", 0, 0),   # stays inside the origin's region
     ("us", "eu", 0, 1),   # we are outside the origin's region: we set the flag
