@@ -51,6 +51,9 @@ class RouteViews:
         sel = dest.routes.get(dest.selected) if dest.selected else None
         if sel is not None:
             out["selected"] = self._row(sel)
+            # Kept although infeasible: its metric rose past our feasibility distance
+            # (router.py); it is left only for a feasible route clearly better.
+            out["selected"]["feasible"] = self._feasible(dst, sel)
         for nb, r in dest.routes.items():
             if r is sel:
                 continue

@@ -174,6 +174,7 @@ def test_a_selected_route_whose_metric_rises_past_the_fd_is_kept_not_retracted()
     out = sends(acts)
     assert out and all(m.metric == 40 for _, m in out)   # the true metric, not a retraction
     assert r.source(O.node_id) == (1, 20)         # the FD does not rise
+    assert r.explain(O.node_id)["selected"]["feasible"] is False   # shown as kept
     assert sends(acts, SeqnoRequest) == []        # nothing better is blocked (B: 50 > 40)
     feed(r, B, signed(O, 1, 5), now=2.0)          # feasible (5 < 20) and clearly better
     assert r.fib()[O.node_id] == B.node_id
@@ -401,6 +402,7 @@ def test_routes_rows_and_explain_fields():
                    "region": "eu", "crossed": False, "feasible": True, "selected": True}
     ex = r.explain(O.node_id)
     assert ex["selected"]["next_hop"] == A.node_id.hex() and ex["last_change"] == 1.0
+    assert ex["selected"]["feasible"] is True
     assert "update" in ex["reason"]
 
 

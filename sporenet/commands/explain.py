@@ -35,6 +35,9 @@ def command(destination: str, api: str, as_json: bool) -> None:
     else:
         console.print(f"selected: next hop {sel['next_hop'][:8]}, metric {sel['metric']}, "
                       f"seqno {sel['seqno']}" + (", crossed regions" if sel.get("crossed") else ""))
+        if sel.get("feasible") is False:
+            console.print("  kept although its metric rose past what we advertised before: "
+                          "switching needs a feasible route or a newer seqno from the origin")
     if data.get("reason"):
         age = data.get("last_change_age_s")
         when = f" ({age:.1f} s ago)" if age is not None else ""
