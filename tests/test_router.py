@@ -742,6 +742,20 @@ def test_a_stale_better_route_asks_for_the_seqno_we_hold_not_a_new_one():
     assert r.fib()[O.node_id] == B.node_id
 
 
+def test_when_the_stale_routes_answer_is_still_infeasible_the_new_seqno_is_asked_at_once():
+    r = make(neighbours=((A, 10), (B, 10)))
+    feed(r, B, signed(O, 1, 10))                        # via B: 20, FD (1, 20)
+    r.handle(LinkCostChanged(B.node_id, 100), 1.0)      # via B: 110
+    feed(r, A, signed(O, 2, 30), now=2.0)               # via A: 40, FD (2, 40)
+    acts = r.handle(LinkCostChanged(B.node_id, 10), 5.0)   # B's stale route (20) is better
+    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 2, 127))]
+    feed(r, B, signed(O, 2, 41), now=5.1)               # the answer: 41 >= FD 40, infeasible
+    acts = r.handle(LinkCostChanged(A.node_id, 60_000), 5.2)   # our route turns suspect
+    # B's route (51) is now clearly better and blocked: seqno 3 is asked for at once,
+    # not an update interval after the request for seqno 2
+    assert sends(acts, SeqnoRequest) == [(B.node_id, SeqnoRequest(O.node_id, 3, 127))]
+
+
 # ---------------------------------------------------------------- contract admission
 def test_updates_from_non_member_origins_are_dropped_and_counted():
     members = {ME.public_key, A.public_key, B.public_key, O.public_key}
