@@ -37,13 +37,15 @@ Rules (each has a unit test in ``tests/test_router.py``):
 - Losing the selected route with no feasible alternative: we send a retraction
   (metric infinity, the origin's signature for the route's seqno) to every neighbour,
   and, if a source entry exists, a ``SeqnoRequest(origin, fd seqno + 1)`` to every
-  neighbour (starvation recovery, §3.8), at most once per ``update_interval`` per origin.
+  neighbour (starvation recovery, §3.8), at most once per ``update_interval`` per origin
+  unless it asks for a newer seqno than the last request did.
 - Updates: a full dump (own route and every selected route) to a new neighbour at
   once and on ``RouteRequest``; triggered updates to all neighbours when a route is
   gained or lost, or its metric moves by more than the hysteresis margin from what
   we last advertised. A new seqno alone goes at once only to the neighbours whose
-  ``SeqnoRequest`` for it we forwarded (the request's path, back), and to the others
-  with the paced refresh: Babel floods it, so each request cost an update on every
+  ``SeqnoRequest`` for it we forwarded (the request's path, back) and to those whose
+  own route, as they last told us, is clearly worse than ours through us (they may be
+  stuck behind their feasibility distance), and to the others with the paced refresh: Babel floods it, so each request cost an update on every
   link of the network (3/4 of the routing traffic of a simulated 300-node network
   with a few lossy links). A node holding the newer seqno answers later requests
   for it itself. (Coalescing triggered updates for 20 ms, as
