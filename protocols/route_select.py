@@ -31,6 +31,8 @@ class Selector:
     _starving: dict[bytes, None]
     _queued: set[bytes]
     _refresh: deque[bytes]
+    _news: deque[bytes]
+    _in_news: set[bytes]
     _fib_map: dict[bytes, bytes]
     _fib_dirty: dict[bytes, bytes | None]
     _askers: dict[bytes, dict[bytes, tuple[int, float]]]
@@ -97,6 +99,10 @@ class Selector:
             self._starving.pop(origin, None)
             adv = dest.advertised
             if adv is None or abs(new.metric - adv[1]) > self._margin(adv[1]):
+                if adv is None:
+                    if origin not in self._in_news:  # gained: repeated in the next round
+                        self._in_news.add(origin)
+                        self._news.append(origin)
                 actions += self._to_all(self._update_for(origin, dest, new))
                 self._askers.pop(origin, None)
             elif adv[0] != new.seqno:

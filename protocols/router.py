@@ -52,9 +52,11 @@ Rules (each has a unit test in ``tests/test_router.py``):
   babeld does, saved 2 % of updates in a simulated 10 % node failure: not worth
   20 ms per hop of convergence.) Periodic refresh is paced: every
   ``update_interval`` (each gap x U(0.9, 1.1) from ``rng``) the next ``refresh_batch``
-  routes of a round-robin over the table (own route included) go to every neighbour.
-  Links are reliable streams, so the refresh is a safety net, not the carrier of
-  news; pacing makes idle traffic per node proportional to its neighbours, not to the
+  routes of a round-robin over the table (own route included) go to every neighbour,
+  and, on top, the routes gained since the last round (sent once more: a carrier that
+  drops frames must not leave a new route unknown for a whole cycle; idle, nothing is
+  gained, so idle traffic is unchanged). The refresh is a safety net, not the carrier
+  of news; pacing makes idle traffic per node proportional to its neighbours, not to the
   network's size (Babel's full periodic dumps grow with both). Each update carries
   the interval within which we will send it again: twice the current refresh cycle.
 - A route not refreshed for ``max(hold_time, 3.5 x the update's interval)`` expires
@@ -163,6 +165,9 @@ class Router(Selector, Announcer, RouteViews):
         self._expiry: list[tuple[float, bytes]] = []  # (when, origin), see Destination.heap_at
         self._refresh: deque[bytes] = deque((self.node_id,))  # round-robin of origins
         self._queued: set[bytes] = {self.node_id}
+        # Routes gained since the last refresh round, in order, each once.
+        self._news: deque[bytes] = deque()
+        self._in_news: set[bytes] = set()
         # Routes known, none feasible: retry requests. A dict, not a set: on_timer walks
         # it, and a set of bytes walks in a per-process hash order (same seed, other run).
         self._starving: dict[bytes, None] = {}
