@@ -33,8 +33,7 @@ class Announcer:
     _sources: dict[bytes, tuple[int, int, float]]
     _refresh: deque[bytes]
     _queued: set[bytes]
-    _news: deque[bytes]
-    _in_news: set[bytes]
+    _news: dict[bytes, None]
     _counters: dict[str, int]
 
     def _update_for(self, origin: bytes, dest: Destination, r: Route) -> RouteUpdate:
@@ -91,9 +90,8 @@ class Announcer:
         place stalled the ring behind a cold start's news, past the refresh interval
         the ring's updates promise, and routes expired."""
         out: list[Action] = []
-        while self._news:
-            origin = self._news.popleft()
-            self._in_news.discard(origin)
+        news, self._news = self._news, {}
+        for origin in news:
             dest = self._dests.get(origin)
             sel = dest.routes.get(dest.selected) if dest and dest.selected else None
             if sel is not None:

@@ -31,8 +31,7 @@ class Selector:
     _starving: dict[bytes, None]
     _queued: set[bytes]
     _refresh: deque[bytes]
-    _news: deque[bytes]
-    _in_news: set[bytes]
+    _news: dict[bytes, None]
     _fib_map: dict[bytes, bytes]
     _fib_dirty: dict[bytes, bytes | None]
     _askers: dict[bytes, dict[bytes, tuple[int, float]]]
@@ -100,9 +99,7 @@ class Selector:
             adv = dest.advertised
             if adv is None or abs(new.metric - adv[1]) > self._margin(adv[1]):
                 if adv is None:
-                    if origin not in self._in_news:  # gained: repeated in the next round
-                        self._in_news.add(origin)
-                        self._news.append(origin)
+                    self._news[origin] = None  # gained: repeated in the next round
                 actions += self._to_all(self._update_for(origin, dest, new))
                 self._askers.pop(origin, None)
             elif adv[0] != new.seqno:

@@ -45,12 +45,13 @@ Rules (each has a unit test in ``tests/test_router.py``):
   we last advertised. A new seqno alone goes at once only to the neighbours whose
   ``SeqnoRequest`` for it we forwarded (the request's path, back) and to those whose
   own route, as they last told us, is clearly worse than ours through us (they may be
-  stuck behind their feasibility distance), and to the others with the paced refresh: Babel floods it, so each request cost an update on every
-  link of the network (3/4 of the routing traffic of a simulated 300-node network
-  with a few lossy links). A node holding the newer seqno answers later requests
-  for it itself. (Coalescing triggered updates for 20 ms, as
-  babeld does, saved 2 % of updates in a simulated 10 % node failure: not worth
-  20 ms per hop of convergence.) Periodic refresh is paced: every
+  stuck behind their feasibility distance), and to the others with the paced
+  refresh: Babel floods it, so each request cost an update on every link of the
+  network (3/4 of the routing traffic of a simulated 300-node network with a few
+  lossy links). A node holding the newer seqno answers later requests for it
+  itself. (Coalescing triggered updates for 20 ms, as babeld does, saved 2 % of
+  updates in a simulated 10 % node failure: not worth 20 ms per hop of convergence.)
+  Periodic refresh is paced: every
   ``update_interval`` (each gap x U(0.9, 1.1) from ``rng``) the next ``refresh_batch``
   routes of a round-robin over the table (own route included) go to every neighbour,
   and, on top, the routes gained since the last round (sent once more: a carrier that
@@ -165,9 +166,8 @@ class Router(Selector, Announcer, RouteViews):
         self._expiry: list[tuple[float, bytes]] = []  # (when, origin), see Destination.heap_at
         self._refresh: deque[bytes] = deque((self.node_id,))  # round-robin of origins
         self._queued: set[bytes] = {self.node_id}
-        # Routes gained since the last refresh round, in order, each once.
-        self._news: deque[bytes] = deque()
-        self._in_news: set[bytes] = set()
+        # Routes gained since the last refresh round, in order, each once (a dict).
+        self._news: dict[bytes, None] = {}
         # Routes known, none feasible: retry requests. A dict, not a set: on_timer walks
         # it, and a set of bytes walks in a per-process hash order (same seed, other run).
         self._starving: dict[bytes, None] = {}

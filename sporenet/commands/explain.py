@@ -15,7 +15,6 @@ from rich.table import Table
 from .status import fetch_path
 
 
-
 @click.command("explain")
 @click.argument("destination")
 @click.option("--api", envvar="SPORENET_API", default="127.0.0.1:8990", show_default=True,

@@ -13,7 +13,6 @@ from rich.table import Table
 from .status import fetch_path
 
 
-
 @click.command("routes")
 @click.option("--api", envvar="SPORENET_API", default="127.0.0.1:8990", show_default=True,
               help="HOST:PORT of the node's local API")

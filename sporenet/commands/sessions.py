@@ -20,7 +20,6 @@ from typing import Any
 import click
 from rich.table import Table
 
-
 from .status import api_option, console, fetch_path, format_duration, json_option
 
 
