@@ -1,4 +1,4 @@
-"""Session crypto micro-benchmarks (protocols/session_data.py, protocols/pq.py).
+"""Session crypto micro-benchmarks (sporenet/protocols/sessions/data.py, sporenet/protocols/sessions/pq.py).
 
 Run: ``python3 bench/aead.py`` (about 20 s; ``--quick`` for a smoke run).
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from sporenet.protocols.pq import PqInitiator, answer_offer, mlkem_available
-from sporenet.protocols.session_data import KeyRing
+from sporenet.protocols.sessions.pq import PqInitiator, answer_offer, mlkem_available
+from sporenet.protocols.sessions.data import KeyRing
 
 SIZES = {"1,400 B": 1_400, "64 KiB": 65_536}
 NONCE = bytes(12)
@@ -136,7 +136,7 @@ def main() -> None:
     scale = 0.05 if args.quick else 1.0
     rows = bench_aead(scale, args.repeat) + bench_session(scale, args.repeat)
     rows += bench_mlkem(scale, args.repeat)
-    print(f"| size | operation | µs | MB/s |\n|--:|---|--:|--:|")
+    print("| size | operation | µs | MB/s |\n|--:|---|--:|--:|")
     for label, op, us in rows:
         size = SIZES.get(label)
         rate = f"{size / us:,.0f}" if size and us == us else "-"

@@ -43,17 +43,17 @@ from sporenet.keyfile import generate_identity
 from sporenet.logs import configure_logging
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
-from sporenet.protocols.cookie import CookieJar
-from sporenet.protocols.dialer import Dial
+from sporenet.protocols.sessions.cookie import CookieJar
+from sporenet.protocols.link.dialer import Dial
 from sporenet.protocols.identity import address_of
-from sporenet.protocols.link import (BytesReceived, CloseConnection, ConnectionLost,
+from sporenet.protocols.link.table import (BytesReceived, CloseConnection, ConnectionLost,
                                      ConnectionOpened, DeliverFrame, SendFrame)
-from sporenet.protocols.link_manager import DialFailed, LinkManager
-from sporenet.protocols.messages import Probe
-from sporenet.protocols.noise import noise_public_key
+from sporenet.protocols.link.manager import DialFailed, LinkManager
+from sporenet.protocols.link.messages import Probe
+from sporenet.protocols.sessions.noise import noise_public_key
 from sporenet.protocols.notices import PeerUp
-from sporenet.protocols.overlay_messages import Proto, Routed
-from sporenet.protocols.session_messages import HandshakeInit
+from sporenet.protocols.routed import Proto, Routed
+from sporenet.protocols.sessions.messages import HandshakeInit
 from sporenet.transports import carrier as ev
 from sporenet.transports.errors import TransportClosed
 from sporenet.transports.tcp import TcpCarrier

@@ -3,10 +3,10 @@
 Run: ``python3 bench/frame_codec.py`` (about 15 s; ``--quick`` for a smoke run).
 
 Measures:
-- length-prefix framing (protocols/framing.py): µs per frame to encode, and to
+- length-prefix framing (sporenet/protocols/link/framing.py): µs per frame to encode, and to
   decode from a stream fed in 64 KiB chunks, at 64 B, 1,400 B and 64 KiB;
 - wire ``encode_frame``/``decode_frame`` µs for the link messages ``Hello`` and
-  ``Probe`` (protocols/messages.py), when that module is present;
+  ``Probe`` (sporenet/protocols/link/messages.py), when that module is present;
 - TcpCarrier frames/s and MB/s over loopback between two carriers in this
   process at 1,400 B and 64 KiB (sender thread -> I/O thread -> kernel -> I/O
   thread -> callback). Both carriers share one GIL, so this is a floor for one
@@ -22,7 +22,7 @@ import argparse
 import threading
 import time
 
-from sporenet.protocols.framing import FrameDecoder, encode_length_prefixed
+from sporenet.protocols.link.framing import FrameDecoder, encode_length_prefixed
 from sporenet.transports.carrier import Connected, FrameReceived
 from sporenet.transports.tcp import TcpCarrier
 
@@ -57,7 +57,7 @@ def bench_framing(scale: float) -> list[tuple[str, str, float]]:
 
 def bench_wire(scale: float) -> list[tuple[str, str, float]]:
     try:
-        from sporenet.protocols import messages
+        from sporenet.protocols.link import messages
         from sporenet.protocols.wire import decode_frame, encode_frame
     except ImportError:
         return []

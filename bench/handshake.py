@@ -1,4 +1,4 @@
-"""Noise IKpsk2 handshake micro-benchmark (protocols/noise.py), one core.
+"""Noise IKpsk2 handshake micro-benchmark (sporenet/protocols/sessions/noise.py), one core.
 
 Run: ``python3 bench/handshake.py`` (about 10 s; ``--quick`` for a smoke run).
 
@@ -23,7 +23,7 @@ import time
 
 from sporenet.protocols import wire
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import (BadMac1, Initiator, PeerKey, Responder, StaticKey,
+from sporenet.protocols.sessions.noise import (BadMac1, Initiator, PeerKey, Responder, StaticKey,
                                       TimestampSource)
 
 T0 = 1_800_000_000.0

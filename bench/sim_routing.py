@@ -106,8 +106,8 @@ def main() -> int:
     args.figures.mkdir(parents=True, exist_ok=True)
     summary_path = args.figures / "sim_routing.json"
     summary = {"commit": _git("rev-parse", "--short", "HEAD"),
-               "router_commit": _git("log", "-1", "--format=%h", "--", "protocols/router.py"),
-               "prober_commit": _git("log", "-1", "--format=%h", "--", "protocols/prober.py"),
+               "router_commit": _git("log", "-1", "--format=%h", "--", "sporenet/protocols/routing/router.py"),
+               "prober_commit": _git("log", "-1", "--format=%h", "--", "sporenet/protocols/link/prober.py"),
                "nodes": args.nodes, "seed": args.seed, "degree": args.degree, "runs": {}}
     if args.reuse and summary_path.exists():  # keep earlier runs (e.g. add an idle size)
         summary["runs"] = json.loads(summary_path.read_text()).get("runs", {})

@@ -3,7 +3,7 @@
     python bench/wire_codec.py [--number 20000] [--quick]
 
 For every type in ``protocols.wire.registered_types()`` (today the link-control
-frames of protocols/messages.py: Hello, HelloProof, Probe, ProbeAck, Close) it
+frames of sporenet/protocols/link/messages.py: Hello, HelloProof, Probe, ProbeAck, Close) it
 builds one representative message, checks ``decode_frame(encode_frame(m)) == m``,
 then times each call with ``timeit``: 5 repeats of ``--number`` calls, best
 repeat reported (the least disturbed by other work on a shared machine).
@@ -17,7 +17,7 @@ import argparse
 import sys
 import timeit
 
-from sporenet.protocols import messages
+from sporenet.protocols.link import messages
 from sporenet.protocols.wire import Message, decode_frame, encode_frame, registered_types
 
 REPEAT = 5

@@ -9,7 +9,7 @@ needs (see examples/README.md "The wire format").
 ``--run-dir`` is the running node's run directory (``sporenet up --run-dir``, or
 ``run_dir`` in its ``node.json``); it defaults to ``$SPORENET_RUN_DIR``. The agent
 reads ``<run_dir>/bus.json``, subscribes to the ``--topic`` prefixes (default
-``link.peer_``, ``prober.`` and ``example.``), confirms the subscription is live,
+``link.table.peer_``, ``prober.`` and ``example.``), confirms the subscription is live,
 prints ``ready``, then prints each notice it sees and answers each with an
 ``external.seen`` notice of its own. ^C (SIGINT) stops it with status 0.
 """

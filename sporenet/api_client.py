@@ -1,4 +1,4 @@
-"""Synchronous clients of a node's local HTTP API (``transports/http_api.py``).
+"""Synchronous clients of a node's local HTTP API (``sporenet/transports/http_api.py``).
 
 ``ApiClient`` speaks JSON (``get``/``post`` of any path); the CLI and ``local_mesh``
 use it. ``Client`` (``from sporenet import Client``) is the documented Python API
@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 from .config import DEFAULT_API, parse_host_port
 
-# The HTTP API takes request bodies of at most 64 KiB (transports/http_api.py), and a
+# The HTTP API takes request bodies of at most 64 KiB (sporenet/transports/http_api.py), and a
 # message travels in it as base64 (4/3 of its size) plus a few hundred bytes of JSON.
 MAX_API_MESSAGE = 46 * 1024    # 62,806 bytes of base64; a 255-byte topic fits beside it
 

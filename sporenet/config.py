@@ -8,7 +8,7 @@ Rules:
 - Every key has a default; an empty file is a valid config.
 - Unknown keys are errors that name the key, its section and the valid keys: a typo
   must never be silently ignored.
-- Every bad value is an error naming the key (``listen[1]``, ``prober.interval``),
+- Every bad value is an error naming the key (``listen[1]``, ``link.prober.interval``),
   the bad value and what is expected. All problems of a file are reported at once.
 - Relative paths in a file are relative to the file's directory; on the command
   line, to the working directory.
@@ -36,8 +36,8 @@ ENDPOINT_SCHEMES = ("tcp",)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 UNKNOWN_TOPICS = ("accept", "refuse")
-MAX_REGION_BYTES = 32     # as protocols.routing_messages.MAX_REGION_BYTES (a test checks)
-MAX_TOPIC_BYTES = 255     # as protocols.overlay_messages.MAX_TOPIC_BYTES (a test checks)
+MAX_REGION_BYTES = 32     # as protocols.routing.messages.MAX_REGION_BYTES (a test checks)
+MAX_TOPIC_BYTES = 255     # as protocols.routed.MAX_TOPIC_BYTES (a test checks)
 ANYONE = "*"              # a topic's sender list ["*"]: every sender is accepted
 
 

@@ -28,11 +28,11 @@ import os
 import struct
 from pathlib import Path
 
-from sporenet.protocols.contract import (MAX_CONTRACT_SIZE, NAME_PATTERN, Contract, ContractError,
+from sporenet.protocols.contracts.contract import (MAX_CONTRACT_SIZE, NAME_PATTERN, Contract, ContractError,
                                          decode, encode)
-from sporenet.protocols.contract_fork import ForkEvidence, decode_evidence, encode_evidence
+from sporenet.protocols.contracts.fork import ForkEvidence, decode_evidence, encode_evidence
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
-from sporenet.protocols.ledger import Ledger, check_append
+from sporenet.protocols.contracts.ledger import Ledger, check_append
 
 MAGIC = b"sporenet-ledger-v1\n"
 SUFFIX = ".ledger"
@@ -217,7 +217,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_fork(directory: str | os.PathLike[str], ev: ForkEvidence) -> Path:
-    """Store fork evidence (both signed versions, ``contract_fork.encode_evidence``) as
+    """Store fork evidence (both signed versions, ``contracts.fork.encode_evidence``) as
     ``<directory>/<network>.forks/v<version>-<fork id[:16]>.fork``, atomically and
     fsync'd; an existing file of the same fork is kept. Returns the path."""
     folder = Path(directory) / f"{ev.network}{FORKS_SUFFIX}"

@@ -37,6 +37,25 @@ from .keyfile import generate_identity, write_key_file
 log = structlog.get_logger(__name__)
 
 
+# The package this process runs, wherever it came from (site-packages, an editable
+# install, a source tree). A child node must import the same one, never whatever a
+# ``sporenet`` folder in its working directory holds: ``-P`` keeps the working
+# directory off the child's sys.path, and PYTHONPATH names our package's root first.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def node_command() -> list[str]:
+    """argv prefix that runs this package's CLI in a child Python process."""
+    return [sys.executable, "-P", "-m", "sporenet.cli"]
+
+
+def node_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this package's root first on PYTHONPATH (see ``node_command``)."""
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
+    return {**env, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *rest])}
+
+
+
 class MeshError(Exception):
     """A local node failed to start or to reach the expected state in time."""
 
@@ -113,14 +132,15 @@ class LocalMesh:
         if not key_file.exists():
             write_key_file(key_file, generate_identity())
         (run_dir / "node.json").unlink(missing_ok=True)
-        args = [sys.executable, "-m", "sporenet.cli", "up", "--key-file", str(key_file),
+        args = [*node_command(), "up", "--key-file", str(key_file),
                 "--listen", "tcp://127.0.0.1:0", "--api", "127.0.0.1:0",
                 "--run-dir", str(run_dir), "--name", name, "--no-tun"]
         for p in peers:
             args += ["--peer", p]
         args += list(self.extra_args) + list(extra_args)
         log_path = run_dir / "node.log"
-        env = {**os.environ, "SPORENET_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
+        env = node_env({**os.environ, "SPORENET_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
+                        **(env or {})})
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL)

@@ -9,13 +9,13 @@ cost per link), ``router`` (Babel-style routes over link costs, signed with the 
 ``sporenet bus tap``; the file is removed when the node stops.
 
 Messages ride end-to-end sessions (the overlay agent, the config's ``[sessions]``);
-with ``sessions.pq`` on, a node whose ``cryptography`` cannot do ML-KEM-768 refuses to
+with ``sessions.manager.pq`` on, a node whose ``cryptography`` cannot do ML-KEM-768 refuses to
 start (``ValueError`` with ``require_mlkem``'s advice) rather than run classical only.
 
 With a ``contract`` in the config (docs/contracts.md, "Enforcement") the node loads and
 verifies it first and refuses to start (``ValueError``) if it is invalid or does not
 list this node; then the link, router and overlay agents admit only its members
-(``agents/contract.py``), and the ``contract`` agent adopts newer versions from the
+(``sporenet/agents/contract.py``), and the ``contract`` agent adopts newer versions from the
 watched ledger or ``POST /v1/contract``. Without one the network is open.
 """
 
@@ -42,8 +42,8 @@ from sporenet.agents.router import ExplainRoute, FibHolder, GetRoutes, RouterAge
 from .user_api import UserApi
 from sporenet.transports.http_api import ApiError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.pq import MlkemUnavailable, require_mlkem
-from sporenet.protocols.session_guard import InitiationScreen
+from sporenet.protocols.sessions.pq import MlkemUnavailable, require_mlkem
+from sporenet.protocols.sessions.guard import InitiationScreen
 
 from .config import NodeConfig
 
@@ -122,7 +122,7 @@ class Node:
     def _post_contract(self, **doc: Any) -> dict[str, Any]:
         """``POST /v1/contract`` with a contract file's JSON: adopt it if it verifies as
         the next version of the one in force."""
-        from sporenet.commands.contract import from_json
+        from sporenet.contract_file import from_json
         try:
             new = from_json(doc)
         except Exception as e:  # KeyError, ValueError, LocalProtocolError: a bad document

@@ -9,7 +9,7 @@ every psk it holds; each guess is checked against the AEAD fields of the handsha
 (encrypted static, timestamp, empty payload). It then tries every transport key it
 derived, every DH value, and every raw key it holds on the captured data frames. Its
 primitives are its own (BLAKE2s, HKDF, ChaCha20-Poly1305 from the Noise spec and the
-WireGuard whitepaper §5.4), not ``noise.py``'s; only the spec constants are imported.
+WireGuard whitepaper §5.4), not ``sessions/noise.py``'s; only the spec constants are imported.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from sporenet.protocols import wire
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import CONSTRUCTION, IDENTIFIER, ZERO_PSK
-from sporenet.protocols.session_data import SessionData
-from sporenet.protocols.session_messages import HandshakeInit, HandshakeResp
+from sporenet.protocols.sessions.noise import CONSTRUCTION, IDENTIFIER, ZERO_PSK
+from sporenet.protocols.sessions.data import SessionData
+from sporenet.protocols.sessions.messages import HandshakeInit, HandshakeResp
 
 STAGES = ("nothing", "static", "timestamp", "keys")  # how far into a handshake the attacker got
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
-import time
 import types
 import typing
 from pathlib import Path
@@ -25,7 +23,7 @@ from hypothesis import strategies as st
 from sporenet.protocols import notices
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.notices import LinkMeasured, PeerDown, PeerUp
-from sporenet.transports.bus import Bus, BusClient, BusError, BusNotRunning, load_endpoints
+from sporenet.transports.bus import Bus, BusError, BusNotRunning, load_endpoints
 from sporenet.transports.bus_codec import RawNotice, decode_notice, encode_notice
 
 DEADLINE = 10.0

@@ -1,7 +1,7 @@
 """Carrier conformance suite (trio's ``check_two_way_stream`` idea): every carrier
 in ``transports/`` must pass every test here, against real threads and sockets.
 
-Choices the suite pins down (see ``transports/carrier.py``):
+Choices the suite pins down (see ``sporenet/transports/carrier.py``):
 - an empty frame or one over ``max_frame`` is refused by ``send`` with
   ``LocalProtocolError`` (caller misuse), never sent;
 - backpressure is shown by pausing the receiver (``pause_reading``): for TCP the

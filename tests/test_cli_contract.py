@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from sporenet.cli import cli
-from sporenet.commands.contract import read_contract
+from sporenet.contract_file import read_contract
 from sporenet.keyfile import write_key_file
 from sporenet.ledger_file import FileLedger
 from sporenet.protocols.identity import Identity
@@ -176,8 +176,8 @@ def test_show_json(keys, draft):
 def _fork(tmp_path, keys, draft):
     """Two different signed versions 2 of the draft's network, stored as evidence."""
     from sporenet.ledger_file import save_fork
-    from sporenet.protocols import contract as ct
-    from sporenet.protocols.contract_fork import ForkEvidence
+    from sporenet.protocols.contracts import contract as ct
+    from sporenet.protocols.contracts.fork import ForkEvidence
     sign(draft, keys["o1"], keys["o2"])
     v1 = read_contract(draft)
     v2a = ct.sign(ct.sign(ct.set_flag(v1, "pq", "off"), OWNERS[0]), OWNERS[1])

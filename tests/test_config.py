@@ -227,7 +227,7 @@ def test_region_from_file_and_command_line(tmp_path):
 
 def test_region_limit_matches_the_wire_format():
     from sporenet.config import MAX_REGION_BYTES
-    from sporenet.protocols.routing_messages import MAX_REGION_BYTES as WIRE_MAX
+    from sporenet.protocols.routing.messages import MAX_REGION_BYTES as WIRE_MAX
 
     assert MAX_REGION_BYTES == WIRE_MAX == 32
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sporenet.protocols import contract as ct
+from sporenet.protocols.contracts import contract as ct
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.identity import Identity
 

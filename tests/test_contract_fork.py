@@ -1,5 +1,5 @@
-"""Fork evidence and contract gossip, sans-IO (protocols/contract_fork.py,
-protocols/contract_gossip.py): detection, checking, the wire form, alerts and their
+"""Fork evidence and contract gossip, sans-IO (sporenet/protocols/contracts/fork.py,
+sporenet/protocols/contracts/gossip.py): detection, checking, the wire form, alerts and their
 spread, and a contract larger than one frame gossiped over two hops in chunks."""
 
 from dataclasses import replace
@@ -9,17 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sporenet.agents.contract import adopt
-from sporenet.protocols import contract as ct
+from sporenet.protocols.contracts import contract as ct
 from sporenet.protocols import wire
-from sporenet.protocols.contract_fork import (ContractFork, ForkEvidence, ForkMonitor,
+from sporenet.protocols.contracts.fork import (ContractFork, ForkEvidence, ForkMonitor,
                                               ForkNotProven, check_evidence, decode_evidence,
                                               encode_evidence, find_fork, fork_id, is_fork)
-from sporenet.protocols.contract_gossip import (Candidate, ContractGossip, ForkDetected, Poll,
+from sporenet.protocols.contracts.gossip import (Candidate, ContractGossip, ForkDetected, Poll,
                                                 Warn)
-from sporenet.protocols.contract_transfer import SendTo, fits_one_frame
+from sporenet.protocols.contracts.transfer import SendTo, fits_one_frame
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.ledger import ContractOffer, ContractRequest
+from sporenet.protocols.contracts.ledger import ContractOffer, ContractRequest
 from sporenet.protocols.notices import LinkFrameIn, PeerDown, PeerUp
 
 OWNERS = [Identity(bytes([i + 1]) * 32) for i in range(3)]
@@ -223,7 +223,7 @@ def test_a_peer_announcing_garbage_is_counted_and_its_payload_refused(chain):
     v1 = chain[0]
     n2 = Node(N2, v1)
     payload = b"\x00" * 70_000  # not a contract
-    from sporenet.protocols.contract_transfer import KIND_CONTRACT, announce, serve
+    from sporenet.protocols.contracts.transfer import KIND_CONTRACT, announce, serve
     ann = announce(KIND_CONTRACT, "lab", 2, bytes(32), payload)
     net = Net(n2)
     n2.act(n2.gossip.handle(LinkFrameIn(N1, wire.encode_frame(ann), 0), 0), net)

@@ -1,4 +1,4 @@
-"""Chunked contract transfer (protocols/contract_transfer.py): golden bytes, roundtrips,
+"""Chunked contract transfer (sporenet/protocols/contracts/transfer.py): golden bytes, roundtrips,
 fuzz of the decoders, and the Fetcher's reassembly, timeouts and bad-peer handling."""
 
 import os
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sporenet.protocols import wire
-from sporenet.protocols.contract_transfer import (BAN_TIME, CHUNK_SIZE, KIND_CONTRACT, KIND_FORK,
+from sporenet.protocols.contracts.transfer import (BAN_TIME, CHUNK_SIZE, KIND_CONTRACT, KIND_FORK,
                                                   MAX_PAYLOAD, MAX_RETRIES, REQUEST_TIMEOUT,
                                                   TRANSFER_TIMEOUT, WINDOW, ContractAnnounce,
                                                   ContractChunk, ContractChunkRequest, Fetched,

@@ -7,9 +7,9 @@ import itertools
 import nacl.bindings
 import pytest
 
-from sporenet.protocols.cookie import (COOKIE_SECRET_LIFETIME, BadCookieReply, BadMac1,
+from sporenet.protocols.sessions.cookie import (COOKIE_SECRET_LIFETIME, BadCookieReply, BadMac1,
                                        CookieChecker, CookieJar, cookie_key, mac, mac1_key)
-from sporenet.protocols.session_messages import HandshakeInit
+from sporenet.protocols.sessions.messages import HandshakeInit
 
 STATIC = bytes(range(32))  # the responder's X25519 public key (any 32 bytes will do here)
 T0 = 1000.0

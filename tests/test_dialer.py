@@ -2,7 +2,7 @@
 
 import random
 
-from sporenet.protocols.dialer import Dial, Dialer, DialLost, DialSucceeded
+from sporenet.protocols.link.dialer import Dial, Dialer, DialLost, DialSucceeded
 
 
 def make(now=0.0, **kw):

@@ -6,11 +6,11 @@ import pytest
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import LocalProtocolError
-from sporenet.protocols.forwarding import (DeliverLocal, Forwarder, RoutedReceived,
+from sporenet.protocols.overlay.forwarding import (DeliverLocal, Forwarder, RoutedReceived,
                                            SendToNeighbour, prefix_fib, prefix_of,
                                            prefix_of_node)
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.overlay_messages import (MAX_ROUTED_PAYLOAD, TRACE_TRUNCATED, Proto,
+from sporenet.protocols.routed import (MAX_ROUTED_PAYLOAD, TRACE_TRUNCATED, Proto,
                                                  Routed, TraceRecord, TraceRequest,
                                                  Unreachable, UnreachableReason)
 

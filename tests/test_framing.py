@@ -1,4 +1,4 @@
-"""Length-prefix stream framing (protocols/framing.py): golden bytes, any chunking,
+"""Length-prefix stream framing (sporenet/protocols/link/framing.py): golden bytes, any chunking,
 fault on bad prefixes before buffering, dead after an error."""
 
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
-from sporenet.protocols.framing import (PREFIX_SIZE, FrameDecoder, encode_length_prefixed,
+from sporenet.protocols.link.framing import (PREFIX_SIZE, FrameDecoder, encode_length_prefixed,
                                         encode_prefix)
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 

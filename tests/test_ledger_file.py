@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sporenet.ledger_file import MAGIC, FileLedger, LedgerError
-from sporenet.protocols import contract as ct
+from sporenet.protocols.contracts import contract as ct
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.ledger import ContractOffer, ContractRequest, MemoryLedger
+from sporenet.protocols.contracts.ledger import ContractOffer, ContractRequest, MemoryLedger
 
 OWNERS = [Identity(bytes([i + 1]) * 32) for i in range(3)]
 A, B = Identity(b"\x41" * 32), Identity(b"\x42" * 32)

@@ -9,9 +9,9 @@ from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
 from sporenet.protocols.errors import LocalProtocolError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.link import (BytesReceived, CloseConnection, ConnectionLost,
+from sporenet.protocols.link.table import (BytesReceived, CloseConnection, ConnectionLost,
                                      ConnectionOpened, DeliverFrame, LinkTable, SendFrame)
-from sporenet.protocols.messages import Close, CloseCode, Hello, HelloProof, Probe
+from sporenet.protocols.link.messages import Close, CloseCode, Hello, HelloProof, Probe
 from sporenet.protocols.notices import PeerDown, PeerUp
 
 IDS = {name: Identity(bytes([i + 1]) * 32) for i, name in enumerate("abcm")}
@@ -154,7 +154,7 @@ def test_proof_made_for_another_receiver_is_refused():
     p = Pump("a")
     attacker_session(p)
     m, c = IDS["m"], IDS["c"]
-    from sporenet.protocols.messages import hello_transcript
+    from sporenet.protocols.link.messages import hello_transcript
     proof = m.sign(hello_transcript(m.public_key, nonce(9), c.public_key, nonce(1)))
     p.inject("a", 1, wire.encode_frame(Hello(m.public_key, nonce(9))))
     p.inject("a", 1, wire.encode_frame(HelloProof(proof)))

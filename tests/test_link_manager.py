@@ -15,12 +15,12 @@ import pytest
 
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
-from sporenet.protocols.dialer import Dial
+from sporenet.protocols.link.dialer import Dial
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.link import (BytesReceived, CloseConnection, ConnectionLost,
+from sporenet.protocols.link.table import (BytesReceived, CloseConnection, ConnectionLost,
                                      ConnectionOpened, SendFrame)
-from sporenet.protocols.link_manager import DialFailed, LinkManager
-from sporenet.protocols.messages import CloseCode, Hello
+from sporenet.protocols.link.manager import DialFailed, LinkManager
+from sporenet.protocols.link.messages import CloseCode, Hello
 from sporenet.protocols.notices import LinkCounters, PeerDown, PeerUp
 
 IDS = {name: Identity(bytes([i + 1]) * 32) for i, name in enumerate("abm")}

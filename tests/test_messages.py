@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
-from sporenet.protocols.messages import (Close, CloseCode, Hello, HelloProof, Probe, ProbeAck,
+from sporenet.protocols.link.messages import (Close, CloseCode, Hello, HelloProof, Probe, ProbeAck,
                                          hello_transcript, truncate_utf8)
 
 PUB = bytes(range(32))

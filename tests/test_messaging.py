@@ -9,15 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sporenet.protocols.errors import LocalProtocolError
-from sporenet.protocols.forwarding import (DeliverLocal, Forwarder, RoutedReceived,
+from sporenet.protocols.overlay.forwarding import (DeliverLocal, Forwarder, RoutedReceived,
                                            SendToNeighbour, prefix_of)
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.messaging import (MIB, DestinationUnreachable, MessageDelivered,
+from sporenet.protocols.overlay.messaging import (MIB, DestinationUnreachable, MessageDelivered,
                                           MessageEndpoint, MessageFailed, MessageReceived,
                                           PacketReceived, PingFailed, PingResult, SendPacket)
-from sporenet.protocols.overlay import Overlay
-from sporenet.protocols.overlay_messages import MessageChunk, Proto, TraceReply, TraceRequest
-from sporenet.protocols.trace import TraceFailed, TraceResult, Tracer
+from sporenet.protocols.overlay.layer import Overlay
+from sporenet.protocols.routed import MessageChunk, Proto, TraceReply, TraceRequest
+from sporenet.protocols.overlay.trace import TraceFailed, TraceResult, Tracer
 
 IDS = [Identity(bytes([0x40 + i]) * 32) for i in range(5)]
 A, B, C = (i.address for i in IDS[:3])

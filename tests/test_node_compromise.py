@@ -1,8 +1,8 @@
 """Real nodes A - C - B: C's stolen key file and everything C relayed open no A-B traffic.
 
 Three ``sporenet up`` processes on a line, C the transit (A and B each dial C). A tap
-on C's bus (``link.rx`` / ``link.tx`` as in ``test_node_sessions.py``, plus
-``link.peer_up``) runs from before A and B start, so it records every link frame that
+on C's bus (``link.table.rx`` / ``link.table.tx`` as in ``test_node_sessions.py``, plus
+``link.table.peer_up``) runs from before A and B start, so it records every link frame that
 crosses C after each link's hello (routing, probes, and every routed packet of the A-B
 session: handshakes and SessionData frames, both ways) and the proven public key of
 each peer. A and B exchange distinct random payloads both ways, before and after the
@@ -32,7 +32,7 @@ The control (why it can fail, on this real capture): the same attacker with the 
 key file does get into the handshakes A addressed to C. IK lets the responder's static
 key open msg1's encrypted static and timestamp, so ``attack`` reaches stage
 "timestamp" on each, and the attacker's own decryption (its BLAKE2s, HKDF and
-ChaCha20-Poly1305, not ``noise.py``'s) yields A's real static key and a TAI64N stamp
+ChaCha20-Poly1305, not ``sessions/noise.py``'s) yields A's real static key and a TAI64N stamp
 inside the wall-clock window of the run. So the key conversion from C's key file, the
 parsing of the captured packets and the handshake derivation all track the product,
 and the A-B handshakes stay at "nothing" because their es needs the responder's key
@@ -58,9 +58,9 @@ from sporenet.local_mesh import ping, selected_routes as selected, send_message,
     wait_for
 from sporenet.protocols import wire
 from sporenet.protocols.notices import PeerUp
-from sporenet.protocols.overlay_messages import Proto
-from sporenet.protocols.session_data import SessionData
-from sporenet.protocols.session_messages import HandshakeInit, HandshakeResp
+from sporenet.protocols.routed import Proto
+from sporenet.protocols.sessions.data import SessionData
+from sporenet.protocols.sessions.messages import HandshakeInit, HandshakeResp
 
 from oracle_attacker import (_C0, _H0, Knowledge, _aead_open, _dh, _h, _kdf, attack,  # tests/
                              x25519_private, x25519_public)  # is on sys.path (rootdir)

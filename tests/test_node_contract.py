@@ -19,14 +19,14 @@ import pytest
 
 from sporenet.agents.contract import (ContractHolder, ContractLoadError, adopt,
                                       load_contract)
-from sporenet.commands.contract import to_json, write_contract
+from sporenet.contract_file import to_json, write_contract
 from sporenet.config import ConfigError, ContractConfig, config_from_dict, merge_cli
 from sporenet.keyfile import generate_identity, load_key_file, write_key_file
 from sporenet.ledger_file import FileLedger
 from sporenet.local_mesh import selected_routes, send_message, wait_for
-from sporenet.protocols import contract as ct
+from sporenet.protocols.contracts import contract as ct
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.sessions import SessionManager
+from sporenet.protocols.sessions.manager import SessionManager
 
 OWNER = Identity(bytes([42]) * 32)
 REVOKE_BOUND = 10.0  # s: a revocation must cut links, routes and sessions within this
@@ -122,8 +122,8 @@ def test_up_refuses_to_start_when_this_node_is_not_a_member(tmp_path):
 
 def test_overlay_refuses_sends_the_contract_forbids_and_revokes_sessions():
     from test_overlay_sessions import IDS, Line  # tests/ is on sys.path (rootdir, no package)
-    from sporenet.protocols.messaging import MessageReceived
-    from sporenet.protocols.session_events import SessionClosed
+    from sporenet.protocols.overlay.messaging import MessageReceived
+    from sporenet.protocols.sessions.events import SessionClosed
     from sporenet.protocols.base import Publish
     A, _, B = IDS
     line = Line()

@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from sporenet.cli import cli
-from sporenet.commands.contract import to_json, write_contract
+from sporenet.contract_file import to_json, write_contract
 from sporenet.keyfile import generate_identity, load_key_file, write_key_file
 from sporenet.ledger_file import FileLedger, load_forks
 from sporenet.local_mesh import wait_for
 from sporenet.api_client import ApiRequestError
-from sporenet.protocols import contract as ct
-from sporenet.protocols.contract_transfer import fits_one_frame
+from sporenet.protocols.contracts import contract as ct
+from sporenet.protocols.contracts.transfer import fits_one_frame
 from sporenet.protocols.identity import Identity
 
 OWNER = Identity(bytes([42]) * 32)

@@ -45,15 +45,15 @@ import pytest
 
 from sporenet.local_mesh import send_message, wait_for
 from sporenet.protocols import wire
-from sporenet.protocols.cookie import CookieJar
+from sporenet.protocols.sessions.cookie import CookieJar
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import noise_public_key
-from sporenet.protocols.overlay_messages import Proto, Routed
-from sporenet.protocols.session_events import SessionFrameIn
-from sporenet.protocols.session_guard import (LINK_BURST, SCREEN_BURST, InitiationScreen,
+from sporenet.protocols.sessions.noise import noise_public_key
+from sporenet.protocols.routed import Proto, Routed
+from sporenet.protocols.sessions.events import SessionFrameIn
+from sporenet.protocols.sessions.guard import (LINK_BURST, SCREEN_BURST, InitiationScreen,
                                               ROUTED_INIT_SIZE)
-from sporenet.protocols.session_messages import HandshakeInit
-from sporenet.protocols.sessions import SessionManager
+from sporenet.protocols.sessions.messages import HandshakeInit
+from sporenet.protocols.sessions.manager import SessionManager
 
 RATE = 20_000            # msg1s per second, both floods
 FLOOD_SECONDS = 60.0     # the bad-mac1 flood

@@ -11,7 +11,7 @@ rogue's link being ignored.
 
 Not tested here: replaying a genuine update of ``v`` with a better metric. That is
 not a forgery (signatures cover origin, seqno and region, not the metric, as in
-Babel) and a relay can lie about its metric; see ``protocols/router.py``.
+Babel) and a relay can lie about its metric; see ``sporenet/protocols/routing/router.py``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from sporenet.local_mesh import LocalMesh, wait_for
 from sporenet.node import BUILTIN_AGENTS
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError
-from sporenet.protocols.framing import FrameDecoder, encode_length_prefixed
+from sporenet.protocols.link.framing import FrameDecoder, encode_length_prefixed
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.messages import Close, Hello, HelloProof, Probe, ProbeAck, hello_transcript
-from sporenet.protocols.routing_messages import INFINITY, RouteUpdate, route_transcript
+from sporenet.protocols.link.messages import Close, Hello, HelloProof, Probe, ProbeAck, hello_transcript
+from sporenet.protocols.routing.messages import INFINITY, RouteUpdate, route_transcript
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from sporenet.config import parse_endpoint
 from sporenet.node import BUILTIN_AGENTS
 from sporenet.local_mesh import LocalMesh, wait_for
 from sporenet.protocols import wire
-from sporenet.protocols.framing import FrameDecoder, encode_length_prefixed
+from sporenet.protocols.link.framing import FrameDecoder, encode_length_prefixed
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.messages import Close, CloseCode, Hello, HelloProof, hello_transcript
+from sporenet.protocols.link.messages import Close, CloseCode, Hello, HelloProof, hello_transcript
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 The attacker sits on the underlay between B and C: C dials B through ``WireMitm``, a
 TCP relay in this file that cuts the B->C byte stream into the link's real
-length-prefixed frames (``protocols/framing.py``), forwards each one unchanged, keeps
+length-prefixed frames (``sporenet/protocols/link/framing.py``), forwards each one unchanged, keeps
 a copy, and can hold a frame back or write extra frames into the stream between two
 frames. Links carry authenticated but unencrypted frames, so this is what anyone on
 the path between two nodes can do. An injected frame then takes C's whole real
@@ -26,9 +26,9 @@ import pytest
 from sporenet.local_mesh import selected_routes as selected, wait_for
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError
-from sporenet.protocols.framing import FrameDecoder, encode_length_prefixed
-from sporenet.protocols.overlay_messages import Proto, Routed
-from sporenet.protocols.session_data import HEADER_SIZE, TAG_SIZE, SessionData
+from sporenet.protocols.link.framing import FrameDecoder, encode_length_prefixed
+from sporenet.protocols.routed import Proto, Routed
+from sporenet.protocols.sessions.data import HEADER_SIZE, TAG_SIZE, SessionData
 
 from test_node_sessions import cli, sessions as session_rows  # tests/ is on sys.path
 

@@ -1,6 +1,6 @@
 """Real nodes on a line A-B-C: messages between A and C ride an end-to-end session.
 
-B's bus carries every link frame it receives and sends (``link.rx`` / ``link.tx``), so a
+B's bus carries every link frame it receives and sends (``link.table.rx`` / ``link.table.tx``), so a
 subscriber on B's bus sees all the bytes that cross B; the payload is never among them.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from sporenet.local_mesh import selected_routes as selected, wait_for
 from sporenet.protocols import wire
 from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut
-from sporenet.protocols.overlay_messages import Proto, Routed
+from sporenet.protocols.routed import Proto, Routed
 from sporenet.transports.bus import BusClient, load_endpoints
 
 pytestmark = pytest.mark.slow

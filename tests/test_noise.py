@@ -15,17 +15,17 @@ from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sporenet.protocols import wire
-from sporenet.protocols.cookie import CookieJar
+from sporenet.protocols.sessions.cookie import CookieJar
 from sporenet.protocols.errors import LocalProtocolError, RemoteProtocolError
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import (CONSTRUCTION, IDENTIFIER, TAI64_EPOCH, HandshakeRejected,
+from sporenet.protocols.sessions.noise import (CONSTRUCTION, IDENTIFIER, TAI64_EPOCH, HandshakeRejected,
                                       TIMESTAMP_ROUNDING_NS, AddressMismatch, BadCookieReply,
                                       BadMac1, DecryptFailed, HandshakeResult, InitiationFlood,
                                       Initiator, InitiatorState, PeerKey, ReplayedTimestamp,
                                       Responded, Responder, StaticKey, TimestampSource,
                                       UnexpectedMessage, UnknownStatic, WrongIndex,
                                       ed25519_candidates, lookup_by_address, x25519)
-from sporenet.protocols.session_messages import CookieReply, HandshakeInit, HandshakeResp
+from sporenet.protocols.sessions.messages import CookieReply, HandshakeInit, HandshakeResp
 
 T0 = 1_800_000_000.0  # wall-clock seconds, as the initiator's TimestampSource expects
 A, B, C = Identity(b"\x01" * 32), Identity(b"\x02" * 32), Identity(b"\x03" * 32)

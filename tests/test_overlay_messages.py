@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
-from sporenet.protocols.overlay_messages import (MAX_ROUTED_PAYLOAD, PAYLOADS, MessageAck,
+from sporenet.protocols.routed import (MAX_ROUTED_PAYLOAD, PAYLOADS, MessageAck,
                                                  MAX_TRACE_RECORDS, MessageChunk, Ping, Pong,
                                                  Proto, Routed, TraceRecord, TraceReply,
                                                  TraceRequest, Unreachable, UnreachableReason,

@@ -10,17 +10,17 @@ from collections import deque
 import pytest
 
 from sporenet.protocols.base import Publish
-from sporenet.protocols.forwarding import Forwarder, RoutedReceived, SendToNeighbour, prefix_of
+from sporenet.protocols.overlay.forwarding import Forwarder, RoutedReceived, SendToNeighbour, prefix_of
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.messaging import (MessageDelivered, MessageEndpoint, MessageFailed,
+from sporenet.protocols.overlay.messaging import (MessageDelivered, MessageEndpoint, MessageFailed,
                                           MessageReceived, PingResult)
-from sporenet.protocols.overlay import Overlay
-from sporenet.protocols.overlay_messages import MessageChunk, Proto, Routed
-from sporenet.protocols.pq import mlkem_available
-from sporenet.protocols.route_table import Fib
-from sporenet.protocols.session_events import SessionEstablished
-from sporenet.protocols.sessions import SessionManager
-from sporenet.protocols.trace import TraceResult
+from sporenet.protocols.overlay.layer import Overlay
+from sporenet.protocols.routed import MessageChunk, Proto, Routed
+from sporenet.protocols.sessions.pq import mlkem_available
+from sporenet.protocols.routing.table import Fib
+from sporenet.protocols.sessions.events import SessionEstablished
+from sporenet.protocols.sessions.manager import SessionManager
+from sporenet.protocols.overlay.trace import TraceResult
 
 T0 = 1_800_000_000.0  # the handshake's TAI64N stamps need Unix-like times
 IDS = A, T, B = [Identity(bytes([0x60 + i]) * 32) for i in range(3)]

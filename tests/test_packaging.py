@@ -1,9 +1,10 @@
-"""The installed distribution holds every package in the tree.
+"""The installed distribution holds every module in the tree.
 
-An editable install finds any folder on disk, so a package left out of
-setup.cfg only shows up after a plain ``pip install .``, as an ImportError
-on the user's first command. This reads setup.cfg the way setuptools does
-and compares it with the folders that hold an ``__init__.py``.
+setup.cfg finds packages with ``packages = find:``, which takes only folders that
+hold an ``__init__.py``. A folder of modules without one works from the source tree
+(as a namespace package) and in an editable install, and is missing after a plain
+``pip install .``: an ImportError on the user's first command. This asks setuptools
+what it would install and compares it with every folder of ``.py`` files.
 """
 
 from __future__ import annotations
@@ -11,39 +12,27 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+from setuptools import find_packages
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _options() -> tuple[dict[str, str], set[str]]:
+def _found() -> set[str]:
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
-    mapping = {}
-    for line in config["options"]["package_dir"].strip().splitlines():
-        name, _, folder = line.partition("=")
-        mapping[name.strip()] = folder.strip()
-    packages = {line.strip() for line in config["options"]["packages"].split() if line.strip()}
-    return mapping, packages
+    assert config["options"]["packages"].strip() == "find:"
+    include = config["options.packages.find"]["include"].split()
+    return set(find_packages(where=str(ROOT), include=include))
 
 
-def test_every_package_folder_is_listed_in_setup_cfg() -> None:
-    mapping, packages = _options()
-    on_disk = set()
-    for top, folder in mapping.items():
-        base = ROOT / folder
-        for init in base.rglob("__init__.py"):
-            relative = init.parent.relative_to(base)
-            parts = [] if str(relative) == "." else list(relative.parts)
-            on_disk.add(".".join([top, *parts]))
-    missing = sorted(on_disk - packages)
-    assert not missing, f"add these to [options] packages in setup.cfg: {missing}"
+def test_every_folder_of_modules_is_a_package_setuptools_finds() -> None:
+    folders = {".".join(p.parent.relative_to(ROOT).parts)
+               for p in (ROOT / "sporenet").rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(folders - _found())
+    assert not missing, f"add an __init__.py to these folders (setuptools skips them): {missing}"
 
 
-def test_every_listed_package_exists() -> None:
-    mapping, packages = _options()
-    for package in packages:
-        top, *rest = package.split(".")
-        # The longest mapped prefix decides the folder, as in setuptools.
-        best = max((name for name in mapping if package == name or package.startswith(name + ".")), key=len)
-        tail = package[len(best):].lstrip(".")
-        folder = ROOT / mapping[best] / Path(*tail.split(".")) if tail else ROOT / mapping[best]
-        assert (folder / "__init__.py").is_file(), f"{package} is listed but {folder} has no __init__.py"
+def test_only_the_sporenet_package_installs() -> None:
+    found = _found()
+    assert "sporenet" in found and "sporenet.protocols.sessions" in found
+    assert all(p == "sporenet" or p.startswith("sporenet.") for p in found), found

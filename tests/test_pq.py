@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sporenet.protocols import pq, wire
+from sporenet.protocols.sessions import pq
+
+from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError, RemoteProtocolError
-from sporenet.protocols.pq import (CT_SIZE, EK_SIZE, PQ_LABEL, BadPqOffer, MlkemUnavailable,
+from sporenet.protocols.sessions.pq import (CT_SIZE, EK_SIZE, PQ_LABEL, BadPqOffer, MlkemUnavailable,
                                    PqAnswer, PqInitiator, PqOffer, PqPsk, answer_offer,
                                    derive_psk, mlkem_available, require_mlkem)
 
@@ -231,9 +233,9 @@ def test_pq_psk_rekey_end_to_end_with_noise():
     the PQ psk -> data under the new keys; a wrong psk makes the handshake fail."""
     import random
 
-    noise = pytest.importorskip("sporenet.protocols.noise")
+    noise = pytest.importorskip("sporenet.protocols.sessions.noise")
     from sporenet.protocols.identity import Identity
-    from sporenet.protocols.session_data import KeyRing
+    from sporenet.protocols.sessions.data import KeyRing
 
     t0 = 1_800_000_000.0  # the initiator's TAI64N clock wants wall-clock seconds
     a, b = Identity(b"\x01" * 32), Identity(b"\x02" * 32)

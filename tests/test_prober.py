@@ -7,9 +7,9 @@ import pytest
 
 from sporenet.protocols.base import Publish
 from sporenet.protocols.errors import LocalProtocolError
-from sporenet.protocols.messages import Hello, Probe, ProbeAck
+from sporenet.protocols.link.messages import Hello, Probe, ProbeAck
 from sporenet.protocols.notices import LinkMeasured
-from sporenet.protocols.prober import (DeclareDead, FrameFromPeer, LinkAdded, LinkRemoved, Prober,
+from sporenet.protocols.link.prober import (DeclareDead, FrameFromPeer, LinkAdded, LinkRemoved, Prober,
                                        SendToPeer, link_cost)
 
 PEER = b"P" * 32
@@ -239,7 +239,7 @@ def test_bad_parameters_and_events_are_local_errors():
 
 
 def test_a_silent_link_is_suspect_before_it_is_dead_and_recovers_on_an_ack():
-    from sporenet.protocols.prober import SUSPECT_COST
+    from sporenet.protocols.link.prober import SUSPECT_COST
     p = start()
     e = Echo(p, drop=lambda i: 10 <= i < 12)  # two probes in a row unanswered
     e.execute(p.handle(LinkAdded(PEER), 0.0))

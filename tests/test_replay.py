@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sporenet.protocols.errors import LocalProtocolError
-from sporenet.protocols.replay import COUNTER_LIMIT, WINDOW_SIZE, ReplayWindow
+from sporenet.protocols.sessions.replay import COUNTER_LIMIT, WINDOW_SIZE, ReplayWindow
 
 REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
 

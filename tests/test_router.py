@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.route_table import (Fib, FrameFromNeighbour, LinkCostChanged,
+from sporenet.protocols.routing.table import (Fib, FrameFromNeighbour, LinkCostChanged,
                                             NeighbourDown, NeighbourUp, RoutesChanged,
                                             SendToNeighbour, feasible)
-from sporenet.protocols.router import Router
-from sporenet.protocols.routing_messages import (INFINITY, RouteRequest, RouteUpdate,
+from sporenet.protocols.routing.router import Router
+from sporenet.protocols.routing.messages import (INFINITY, RouteRequest, RouteUpdate,
                                                  SeqnoRequest, route_transcript)
 
 ME, A, B, C, O, O2, O3, EVIL = (Identity(bytes([i]) * 32) for i in range(1, 9))
@@ -599,7 +599,7 @@ def test_our_own_route_from_a_neighbour_is_not_installed_but_a_newer_seqno_is_ou
 
 
 def test_non_routing_frames_are_ignored():
-    from sporenet.protocols.messages import Probe
+    from sporenet.protocols.link.messages import Probe
     r = make()
     assert feed(r, A, Probe(1)) == []
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
 from sporenet.protocols.identity import Identity, verify_signature
-from sporenet.protocols.routing_messages import (INFINITY, RouteRequest, RouteUpdate,
+from sporenet.protocols.routing.messages import (INFINITY, RouteRequest, RouteUpdate,
                                                  SeqnoRequest, route_transcript, seqno_ge,
                                                  seqno_newer)
 

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-PROTOCOLS = pathlib.Path(__file__).resolve().parent.parent / "protocols"
+PROTOCOLS = pathlib.Path(__file__).resolve().parent.parent / "sporenet" / "protocols"
 FORBIDDEN_MODULES = {"socket", "zmq", "threading", "asyncio", "trio", "pykka", "select",
                      "selectors", "time", "multiprocessing", "subprocess", "concurrent"}
 # Module-level functions of ``random`` use the hidden global generator.
@@ -13,7 +13,7 @@ RANDOM_GLOBALS = {"random", "randint", "randrange", "uniform", "choice", "choice
                   "sample", "getrandbits", "randbytes", "gauss", "seed", "betavariate",
                   "expovariate", "normalvariate", "triangular", "lognormvariate"}
 CLOCK_CALLS = {"time", "monotonic", "perf_counter", "time_ns", "monotonic_ns", "sleep"}
-FILES = sorted(PROTOCOLS.glob("*.py"))
+FILES = sorted(PROTOCOLS.rglob("*.py"))
 
 
 def violations(path: pathlib.Path) -> list[str]:

@@ -1,6 +1,6 @@
 """Session data frames, keypairs and the key ring, driven by hand-advanced ``now``.
 
-``HandshakeResult`` below is a stand-in with the shape of ``protocols.noise``'s
+``HandshakeResult`` below is a stand-in with the shape of ``protocols.sessions.noise``'s
 (built by the handshake work running in parallel): only its fields matter here.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError, RemoteProtocolError
-from sporenet.protocols.session_data import (
+from sporenet.protocols.sessions.data import (
     KEEPALIVE_TIMEOUT, MAX_PAYLOAD, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, BadTag, ExpiredFrame, KeyRing, Keypair,
     KeypairExpired, NoKeypair, ReleaseIndex, ReplayedFrame, SendKeepalive, SessionData,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
-from sporenet.protocols.session_messages import (CookieReply, HandshakeInit, HandshakeResp,
+from sporenet.protocols.sessions.messages import (CookieReply, HandshakeInit, HandshakeResp,
                                                  SESSION_TYPES)
 
 E = bytes(range(32))

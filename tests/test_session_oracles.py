@@ -1,7 +1,7 @@
 """Key-compromise oracles on a recorded transcript (security.md §6, T07 a, b and d).
 
 Three members A, B and C of a signed contract with three owners run the real session
-managers (``protocols/sessions.py``: Noise IKpsk2, PQ-PSK rekeys, ChaCha20-Poly1305)
+managers (``sporenet/protocols/sessions/manager.py``: Noise IKpsk2, PQ-PSK rekeys, ChaCha20-Poly1305)
 with real randomness (``random.SystemRandom``, as a node does) over an in-memory
 overlay that wraps every session frame in a real ``Routed`` packet. A-B traffic goes
 through C as a transit; A-C and B-C are direct sessions, so C is a member with
@@ -11,7 +11,7 @@ key epochs: the first classical keypair, the PQ rekey, and a rekey after 120 s.
 Each oracle hands an attacker some keys (read back from real key files) plus what it
 captured, and runs ``attack`` (in ``oracle_attacker.py``, shared with the real-node
 test ``test_node_compromise.py``): for every captured handshake the attacker replays the
-responder's side of Noise IK (``noise.py``), for every responder static it knows of,
+responder's side of Noise IK (``sessions/noise.py``), for every responder static it knows of,
 trying in each DH slot (es, ss, ee, se) every DH its private keys can make with that
 slot's two public points, and every psk it holds. Each guess is checked against the
 AEAD fields of the handshake (encrypted static, timestamp, empty payload), which
@@ -26,7 +26,7 @@ this process's memory only) and recovers every real key and every payload; the r
 keys (kept from ``keyring.install``, in memory only) open every captured data frame.
 So when an oracle finds nothing, the missing piece is what the design says it is. The
 control also pins the product to the spec: the attacker's own derivation (its own
-BLAKE2s/HKDF/ChaCha20-Poly1305, not ``noise.py``'s) must reproduce the installed keys
+BLAKE2s/HKDF/ChaCha20-Poly1305, not ``sessions/noise.py``'s) must reproduce the installed keys
 exactly, so a product that mixed a static-static value where IK has ``ee`` would fail
 there. (A mutant whose "ephemerals" are the static keys fails the forward-secrecy test.)
 """
@@ -45,20 +45,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sporenet.keyfile import generate_identity, load_key_file, write_key_file
-from sporenet.protocols import contract as ct
+from sporenet.protocols.contracts import contract as ct
 from sporenet.protocols import wire
-from sporenet.protocols.cookie import HandshakeRejected
+from sporenet.protocols.sessions.cookie import HandshakeRejected
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import (ZERO_PSK, DecryptFailed, Initiator, PeerKey, Responder,
+from sporenet.protocols.sessions.noise import (ZERO_PSK, DecryptFailed, Initiator, PeerKey, Responder,
                                       StaticKey, TimestampSource)
-from sporenet.protocols.overlay_messages import Routed
-from sporenet.protocols.pq import mlkem_available
-from sporenet.protocols.session_data import SessionData
-from sporenet.protocols.session_events import DeliverPlain, SendPlain, SendSessionFrame, \
+from sporenet.protocols.routed import Routed
+from sporenet.protocols.sessions.pq import mlkem_available
+from sporenet.protocols.sessions.data import SessionData
+from sporenet.protocols.sessions.events import DeliverPlain, SendPlain, SendSessionFrame, \
     SessionFrameIn
-from sporenet.protocols.session_messages import HandshakeInit, HandshakeResp
-from sporenet.protocols.session_peer import PeerState
-from sporenet.protocols.sessions import SessionManager
+from sporenet.protocols.sessions.messages import HandshakeInit, HandshakeResp
+from sporenet.protocols.sessions.peer import PeerState
+from sporenet.protocols.sessions.manager import SessionManager
 
 from oracle_attacker import (Knowledge, Report, attack, open_data,  # tests/ is on sys.path
                              x25519_private, x25519_public)

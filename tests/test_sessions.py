@@ -17,19 +17,19 @@ from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
-from sporenet.protocols.cookie import CookieJar
+from sporenet.protocols.sessions.cookie import CookieJar
 from sporenet.protocols.errors import LocalProtocolError
-from sporenet.protocols.forwarding import DeliverLocal, Forwarder, prefix_fib
+from sporenet.protocols.overlay.forwarding import DeliverLocal, Forwarder, prefix_fib
 from sporenet.protocols.identity import Identity
-from sporenet.protocols.noise import x25519
-from sporenet.protocols.overlay_messages import Proto
-from sporenet.protocols.pq import mlkem_available
-from sporenet.protocols.session_events import (DeliverPlain, SendFailed, SendPlain,
+from sporenet.protocols.sessions.noise import x25519
+from sporenet.protocols.routed import Proto
+from sporenet.protocols.sessions.pq import mlkem_available
+from sporenet.protocols.sessions.events import (DeliverPlain, SendFailed, SendPlain,
                                                SendSessionFrame, SessionClosed,
                                                SessionEstablished, SessionFrameIn)
-from sporenet.protocols.session_guard import HandshakeGuard, TokenBuckets
-from sporenet.protocols.session_messages import HandshakeInit
-from sporenet.protocols.sessions import MAX_APP_PAYLOAD, SessionManager
+from sporenet.protocols.sessions.guard import HandshakeGuard, TokenBuckets
+from sporenet.protocols.sessions.messages import HandshakeInit
+from sporenet.protocols.sessions.manager import MAX_APP_PAYLOAD, SessionManager
 
 T0 = 1_800_000_000.0  # Unix seconds: the TAI64N stamps need wall-clock time
 A, B, C, T = (Identity(bytes([n]) * 32) for n in (1, 2, 3, 9))

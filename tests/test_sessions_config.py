@@ -37,7 +37,7 @@ def test_bad_values_name_the_key(data, text):
 
 def test_node_refuses_to_start_with_pq_on_and_no_mlkem(monkeypatch, tmp_path):
     from sporenet import node as node_mod
-    from sporenet.protocols import pq
+    from sporenet.protocols.sessions import pq
 
     monkeypatch.setattr(pq, "mlkem_available", lambda: False)
     ident = Identity(bytes(32))

@@ -74,7 +74,7 @@ def test_churn_no_loops_and_routes_recover():
     assert report.reroute_s and min(report.reroute_s) < 10.0  # every pair routed again
 
 
-# -- the routing issue's scenarios (sim/routing_scenarios.py), at small sizes -----------
+# -- the routing issue's scenarios (sporenet/sim/routing_scenarios.py), at small sizes -----------
 
 import random as _random  # noqa: E402
 
@@ -82,7 +82,7 @@ import numpy as np  # noqa: E402
 
 from sporenet.sim.fibmatrix import LinkLookup, follow  # noqa: E402
 from sporenet.sim.metrics import _directed, region_locality, walk_destination  # noqa: E402
-from sporenet.sim.routing_scenarios import Config, run_scenarios  # noqa: E402
+from sporenet.sim.routing_run import Config, run_scenarios  # noqa: E402
 from sporenet.sim.topology import geographic  # noqa: E402
 
 SMALL = Config(nodes=30, seed=1, cuts=3, churn_window_s=30.0, idle_window_s=20.0,

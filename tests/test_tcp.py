@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sporenet.protocols.framing import encode_length_prefixed
+from sporenet.protocols.link.framing import encode_length_prefixed
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 from sporenet.transports.carrier import Connected, DialFailed, Disconnected
 from sporenet.transports.tcp import TcpCarrier, format_tcp_endpoint, parse_tcp_endpoint

@@ -94,7 +94,7 @@ def test_every_bad_topic_is_reported_at_once(tmp_path):
 
 
 def test_topic_limit_matches_the_wire_format():
-    from sporenet.protocols import overlay_messages
+    from sporenet.protocols import routed as overlay_messages
     assert MAX_TOPIC_BYTES == overlay_messages.MAX_TOPIC_BYTES
 
 

@@ -5,8 +5,8 @@ import ipaddress
 import random
 
 from sporenet.agents.overlay import MAX_REFUSED_TOPICS, _TopicEndpoint
-from sporenet.protocols.messaging import MessageReceived, PacketReceived
-from sporenet.protocols.overlay_messages import MessageChunk, Proto
+from sporenet.protocols.overlay.messaging import MessageReceived, PacketReceived
+from sporenet.protocols.routed import MessageChunk, Proto
 
 ME, A, B = (ipaddress.IPv6Address(x) for x in ("600::1", "602::a", "604::b"))
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from sporenet.protocols import wire
 from sporenet.protocols.errors import DecodeError, LocalProtocolError, UnknownFrameType
-from sporenet.protocols.messages import Probe
+from sporenet.protocols.link.messages import Probe
 
 
 @dataclass(frozen=True, slots=True)

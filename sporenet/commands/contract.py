@@ -1,7 +1,7 @@
 """``sporenet contract``: write, sign, check and publish a network contract (docs/contracts.md).
 
 A contract file is JSON holding the canonical fields (keys and hashes in hex); the
-bytes owners sign are rebuilt from those fields (``protocols.contract.encode_body``),
+bytes owners sign are rebuilt from those fields (``protocols.contracts.contract.encode_body``),
 so any hand edit of a signed field breaks the signatures, and key order or spacing in
 the file does not matter. Editing a signed contract makes the next version and drops
 the signatures: owners sign again.
@@ -11,92 +11,22 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import click
 
+from sporenet.contract_file import read_contract, run_action, to_json, write_contract
 from sporenet.keyfile import KeyFileError, load_key_file
-from sporenet.ledger_file import FileLedger, LedgerError, load_forks
-from sporenet.protocols import contract as ct
-from sporenet.protocols.errors import LocalProtocolError
+from sporenet.ledger_file import FileLedger, load_forks
+from sporenet.protocols.contracts import contract as ct
 
-FORMAT = "sporenet-contract-v1"
+from . import contract_forks
+
 _HEX_KEY = re.compile(r"(?:ed25519:)?([0-9a-fA-F]{64})\Z")
 _FILE = click.Path(dir_okay=False, path_type=Path)
-
-
-class ContractFileError(Exception):
-    """A contract file cannot be read or written; the message names the file."""
-
-
-# -- the JSON file format -------------------------------------------------------------
-
-
-def to_json(c: ct.Contract) -> dict[str, Any]:
-    return {
-        "format": FORMAT, "network": c.network, "version": c.version,
-        "previous": c.previous.hex(), "expires": c.expires,
-        "owners": [k.hex() for k in c.owners], "threshold": c.threshold,
-        "members": [{"public_key": m.public_key.hex(), "name": m.name, "groups": list(m.groups),
-                     "expires": m.expires} for m in c.members],
-        "rules": [{"from": r.src, "to": r.dst} for r in c.rules],
-        "flags": dict(c.flags),
-        "signatures": [{"public_key": s.public_key.hex(), "signature": s.signature.hex()}
-                       for s in c.signatures],
-    }
-
-
-def from_json(doc: Any) -> ct.Contract:
-    """Build a contract from the file's fields; ``ValueError`` etc. say what is wrong."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f'not a contract file (expected "format": "{FORMAT}")')
-    members = sorted((ct.Member(bytes.fromhex(m["public_key"]), m["name"],
-                                tuple(sorted(set(m.get("groups", ())))), m.get("expires"))
-                      for m in doc.get("members", ())), key=lambda m: m.public_key)
-    sigs = sorted((ct.Signature(bytes.fromhex(s["public_key"]), bytes.fromhex(s["signature"]))
-                   for s in doc.get("signatures", ())), key=lambda s: s.public_key)
-    return ct.Contract(
-        doc["network"], doc["version"], bytes.fromhex(doc["previous"]),
-        tuple(sorted(bytes.fromhex(k) for k in doc["owners"])), doc["threshold"],
-        tuple(members), ct.sorted_rules((r["from"], r["to"]) for r in doc.get("rules", ())),
-        tuple(sorted(doc.get("flags", {}).items())), doc.get("expires"), tuple(sigs))
-
-
-def read_contract(path: Path) -> ct.Contract:
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ContractFileError(f"no contract file at {path}; create one with "
-                                "`sporenet contract new`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractFileError(f"cannot read contract file {path}: {exc}") from None
-    try:
-        return from_json(doc)
-    except KeyError as exc:
-        raise ContractFileError(f"{path}: missing field {exc}") from None
-    except (ValueError, TypeError, AttributeError, LocalProtocolError) as exc:
-        raise ContractFileError(f"{path}: {exc}") from None
-
-
-def write_contract(path: Path, c: ct.Contract, *, new: bool = False) -> None:
-    """Write atomically (temp file, fsync, rename); ``new`` refuses to replace a file."""
-    if new and os.path.lexists(path):
-        raise ContractFileError(f"{path} already exists; choose another --out or remove it")
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(to_json(c), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ContractFileError(f"cannot write contract file {path}: {exc.strerror}") from None
 
 
 # -- argument parsing -----------------------------------------------------------------
@@ -142,14 +72,6 @@ def parse_rule(value: str) -> tuple[str, str]:
     return src.strip(), dst.strip()
 
 
-def _run(action: Callable[[], None]) -> None:
-    """Turn every expected failure into a one-line error and exit status 1."""
-    try:
-        action()
-    except (ct.ContractError, LocalProtocolError, LedgerError, KeyFileError, ContractFileError) as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _edit(path: Path, change: Callable[[ct.Contract], ct.Contract]) -> None:
     def action() -> None:
         before = read_contract(path)
@@ -160,7 +82,7 @@ def _edit(path: Path, change: Callable[[ct.Contract], ct.Contract]) -> None:
                        f"(signatures cleared: owners must sign it again)")
         else:
             click.echo(f"{path}: draft version {after.version} of network {after.network} updated")
-    _run(action)
+    run_action(action)
 
 
 # -- commands -------------------------------------------------------------------------
@@ -193,7 +115,7 @@ def new(network: str, owners: tuple[str, ...], threshold: int, rules: tuple[str,
                             flags={"pq": pq} if pq else None, expires=until)
         write_contract(out, c, new=True)
         click.echo(f"{out}: network {network}, version 1, {threshold} of {len(keys)} owners must sign")
-    _run(action)
+    run_action(action)
 
 
 @command.command("add")
@@ -257,7 +179,7 @@ def sign(file: Path, key_file: Path, ledger: Path | None) -> None:
         write_contract(file, c)
         click.echo(f"{file}: signed by owner {identity.public_key.hex()}; "
                    f"{len(c.signatures)} signature(s), {c.threshold} of {len(c.owners)} needed")
-    _run(action)
+    run_action(action)
 
 
 def _verify(c: ct.Contract, ledger: Path | None, now: float) -> str:
@@ -297,7 +219,7 @@ def verify(file: Path, ledger: Path | None, member: str | None) -> None:
         if key is not None:
             m = c.member(key, now)
             click.echo(f"{m.name} is a member (groups: {', '.join(m.groups) or '-'})")
-    _run(action)
+    run_action(action)
 
 
 @command.command("publish")
@@ -312,7 +234,7 @@ def publish(file: Path, ledger: Path) -> None:
         added = led.append(c)
         click.echo(f"{'appended' if added else 'already in'} {ledger}: network {c.network} "
                    f"version {c.version}")
-    _run(action)
+    run_action(action)
 
 
 def _when(stamp: int | None) -> str:
@@ -357,7 +279,9 @@ def show(file: Path, as_json: bool, ledger: Path | None) -> None:
         for f in forks:
             click.echo(f"FORK      version {f['version']}: {' / '.join(f['hashes'])} "
                        f"(`sporenet contract forks {ledger}`)")
-    _run(action)
+    run_action(action)
 
 
-from . import contract_forks  # noqa: E402,F401  (adds `contract status` and `contract forks`)
+# `contract status` (a running node) and `contract forks` (stored evidence) live apart
+command.add_command(contract_forks.status)
+command.add_command(contract_forks.forks)

@@ -2,8 +2,9 @@
 enforces (and any fork it saw), and the fork evidence kept next to a ledger
 (docs/contracts.md, "Forks").
 
-Both attach to the ``contract`` group of ``contract.py``; this module exports no
-``command`` of its own, so the CLI does not register it at the top level.
+``commands/contract.py`` adds both to its ``contract`` group; this module imports nothing
+of it and exports no ``command`` of its own, so the CLI does not register it at the top
+level.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from pathlib import Path
 import click
 
 from sporenet.config import DEFAULT_API
+from sporenet.contract_file import run_action, write_contract
 from sporenet.ledger_file import load_forks
-from sporenet.protocols import contract as ct
+from sporenet.protocols.contracts import contract as ct
 
-from .contract import _run, write_contract
-from .contract import command as _group
 from .status import fetch_path
 
 FORK_ADVICE = ("the owners (or someone holding their keys) signed two different versions; this "
@@ -28,7 +28,7 @@ FORK_ADVICE = ("the owners (or someone holding their keys) signed two different 
                "that settles it")
 
 
-@_group.command("status")
+@click.command("status")
 @click.option("--api", default=DEFAULT_API, show_default=True, envvar="SPORENET_API",
               help="HOST:PORT of the node's local API (sporenet up --api).")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON as is.")
@@ -51,7 +51,7 @@ def status(api: str, as_json: bool) -> None:
         click.echo(f"warning: {FORK_ADVICE}", err=True)
 
 
-@_group.command("forks")
+@click.command("forks")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--export", "out", type=click.Path(file_okay=False, path_type=Path),
               help="Write both versions of each fork there as contract files.")
@@ -85,4 +85,4 @@ def forks(directory: Path, out: Path | None, as_json: bool) -> None:
             for path in row.get("exported", []):
                 click.echo(f"  exported {path}")
         click.echo(f"advice: {FORK_ADVICE}")
-    _run(action)  # LedgerError (a file that is not evidence), ContractFileError: one line, exit 1
+    run_action(action)  # LedgerError (a file that is not evidence), ContractFileError: one line, exit 1

@@ -91,7 +91,7 @@ def _run_scenarios(names, out_dir: str, **config) -> None:
     from pathlib import Path
 
     from sporenet.sim.routing_plots import plot_scenarios
-    from sporenet.sim.routing_scenarios import Config, run_scenarios
+    from sporenet.sim.routing_run import Config, run_scenarios
 
     import logging
 
