@@ -99,7 +99,7 @@ class UserApi:
         return self._ask(GetTopics())
 
     def get_sessions(self) -> dict:
-        """``{"sessions": [{"peer", "address", "state", "age", "key_age", "rekeys",
+        """``{"sessions": [{"peer" (node id), "peer_key", "address", "state", "age", "key_age", "rekeys",
         "bytes_in", "bytes_out", "replay_drops", "pq", "initiator", "queued"}],
         "counters": {name: n}, "guard": {...}, "now": float}``: ``guard`` is the
         handshake flood guard (under load or not and since when, its queue, DH

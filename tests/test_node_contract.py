@@ -171,7 +171,7 @@ def _peer_ids(node) -> set[str]:
 
 
 def _session_peers(node) -> set[str]:
-    return {s["peer"] for s in node.api.get("/v1/sessions")["sessions"]}
+    return {s["peer_key"] for s in node.api.get("/v1/sessions")["sessions"]}
 
 
 @pytest.mark.slow

@@ -102,6 +102,9 @@ def test_message_rides_a_session_the_transit_cannot_read(mesh):
                                       f"{sessions(a)} / {sessions(c)}")
         [row_a], [row_c] = sessions(a), sessions(c)
         assert row_a["address"] == c.info["address"] and row_c["address"] == a.info["address"]
+        # named by node id, as status, peers and routes name nodes; the key beside it
+        assert row_a["peer"] == c.node_id and row_c["peer"] == a.node_id
+        assert len(row_a["peer_key"]) == 64 and row_a["peer_key"] != row_a["peer"]
         assert row_a["state"] == row_c["state"] == "established"
         assert row_a["bytes_out"] >= len(SECRET) and row_c["bytes_out"] >= len(ANSWER)
         assert sessions(b) == []  # the transit holds no session with A or C
@@ -109,6 +112,7 @@ def test_message_rides_a_session_the_transit_cannot_read(mesh):
         assert counters["handshakes"] >= 2 and not counters.get("cleartext_dropped")
         text = cli("sessions", "--api", a.info["api"])
         assert text.returncode == 0 and c.info["address"] in text.stdout
+        assert c.node_id[:16] in text.stdout
     finally:
         tap.close()
 

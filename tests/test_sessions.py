@@ -169,7 +169,8 @@ def test_data_flows_both_ways_and_rows_report_the_session():
     assert ra.state == rb.state == "established"
     assert (ra.bytes_out, ra.bytes_in, rb.bytes_out, rb.bytes_in) == (7, 7, 7, 7)
     assert ra.replay_drops == 0 and ra.initiator is True and rb.initiator is False
-    assert ra.address == str(B.address) and ra.as_dict()["peer"] == B.public_key.hex()
+    assert ra.address == str(B.address) and ra.as_dict()["peer"] == B.node_id.hex()
+    assert ra.as_dict()["peer_key"] == B.public_key.hex()
     assert net.notices(A, SessionEstablished) and net.notices(B, SessionEstablished)
 
 

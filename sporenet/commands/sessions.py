@@ -2,7 +2,7 @@
 
     sporenet sessions [--json]
 
-One row per peer with keys or a handshake under way: the peer's key (short), its
+One row per peer with keys or a handshake under way: the peer's node id (short), its
 overlay address, state, age of the session, rekeys, application bytes in and out,
 replayed frames dropped and whether the current keys come from an ML-KEM psk (pq).
 Then one line on the handshake flood guard: under load or not, msg1s queued, the

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..base import Action, Event
+from ..identity import node_id_of
 from ..notices import Notice
 from ..routed import Proto, Routed
 
@@ -126,7 +127,7 @@ class SessionClosed(Notice):
 class SessionRow:
     """One peer's session, as ``sporenet sessions [--json]`` prints it."""
 
-    peer: bytes  # Ed25519 public key
+    peer: bytes  # Ed25519 public key (as_dict names the node by its id, the key beside it)
     address: str
     state: str  # "established", "handshake" or "pq_pending" (pq_required, not yet PQ)
     age: float  # seconds since the first handshake of this session
@@ -140,7 +141,9 @@ class SessionRow:
     queued: int
 
     def as_dict(self) -> dict:
-        return {"peer": self.peer.hex(), "address": self.address, "state": self.state,
+        # Nodes are named by node id everywhere (status, peers, routes); the key is beside it.
+        return {"peer": node_id_of(self.peer).hex(), "peer_key": self.peer.hex(),
+                "address": self.address, "state": self.state,
                 "age": round(self.age, 3),
                 "key_age": None if self.key_age is None else round(self.key_age, 3),
                 "rekeys": self.rekeys, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
