@@ -177,16 +177,21 @@ class Node:
         tmp = self.info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(self.info_path)
+        self._wrote_info = True
         log.info("node_up", node_id=info["node_id"][:8], address=info["address"],
                  listen=info["listen"], api=api)
         return info
 
     def run_forever(self) -> None:
+        self._wrote_info = False
         try:
             self.bundle.run_forever(on_ready=self.write_info)
         finally:
-            self.info_path.unlink(missing_ok=True)
-            log.info("node_stopped")
+            # Only our own node.json: a node refused at start (its run dir in use) must not
+            # delete the file of the node that runs there.
+            if self._wrote_info:
+                self.info_path.unlink(missing_ok=True)
+                log.info("node_stopped")
 
 
 def _same_address(a: str, b: str) -> bool:

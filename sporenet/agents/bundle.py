@@ -251,7 +251,8 @@ class Bundle:
     def _on_agent_failure(self, name: str, exc: BaseException | None) -> None:
         """Called from the dying actor's thread (``ProtocolAgent.on_failure``)."""
         with self._lock:
-            self._last_error[name] = repr(exc)
+            # "TransportError: cannot listen on ...": the message an operator can act on
+            self._last_error[name] = repr(exc) if exc is None else f"{type(exc).__name__}: {exc}"
         self._inbox.put(("failed", (name, repr(exc))))
 
     # -- the watcher thread --------------------------------------------------------------

@@ -11,6 +11,7 @@ from sporenet.agents.bundle import BundleError
 from sporenet.config import ConfigError, NodeConfig, load_config, merge_cli
 from sporenet.keyfile import KeyFileError, load_key_file
 from sporenet.logs import configure_logging
+from sporenet.transports.bus import BusError
 
 
 @click.command("up")
@@ -50,6 +51,6 @@ def command(config_path, key_file, listen, peer, api, run_dir, name, region, pro
             node_log = __import__("structlog").get_logger("sporenet.node")
             node_log.info("tun_unavailable", detail="the TUN bridge is not built yet; running userspace-only")
         node.run_forever()
-    except (BundleError, ValueError, OSError) as e:
+    except (BundleError, BusError, ValueError, OSError) as e:  # ContractLoadError is a ValueError
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)

@@ -121,7 +121,8 @@ class Bus:
                                f"({ep} > {IPC_PATH_MAX} bytes); choose a shorter run dir")
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if _ipc_live(self._ipc.pub):
-            raise BusError(f"a node bus already runs in {self.run_dir}")
+            raise BusError(f"a node bus already runs in {self.run_dir}: another node uses this run "
+                           "directory; stop it, or give this node its own --run-dir")
         self._thread = threading.Thread(target=self._run, name=f"bus-broker-{self.name}")
         self._thread.start()
         if not self._bound.wait(timeout) or self._bind_error is not None:

@@ -147,7 +147,8 @@ class ApiServer:
         if self._error is not None or self._bound is None:
             self._thread.join(timeout)
             reason = self._error.strerror if self._error else "unknown error"
-            raise ApiServerError(f"cannot serve the API on {self.host}:{self.port}: {reason}")
+            raise ApiServerError(f"cannot serve the API on {self.host}:{self.port}: {reason}; "
+                                 "choose another --api address (port 0 lets the kernel pick)")
         log.info("api_listening", address=self.address)
         return self._bound
 

@@ -176,7 +176,9 @@ class TcpCarrier:
             self._post(("adopt", sock))
         except OSError as exc:
             sock.close()
-            raise TransportError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
+            hint = ("; another process holds that port: choose another one (port 0 lets the "
+                    "kernel pick) or stop that process") if exc.errno == errno.EADDRINUSE else ""
+            raise TransportError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}") from None
         except TransportClosed:
             sock.close()
             raise
