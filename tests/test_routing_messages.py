@@ -130,3 +130,14 @@ messages = st.one_of(
 @given(messages)
 def test_roundtrip(msg):
     assert wire.decode_frame(wire.encode_frame(msg)) == msg
+
+
+def test_a_region_over_32_utf8_bytes_is_refused_when_the_update_is_made():
+    # 32 bytes is the most the frame (and the signed transcript) carries; counted in
+    # UTF-8 bytes, not characters. Refused where it is made, naming the field, rather
+    # than as an oversized frame after the route was signed.
+    ok = RouteUpdate(PUB, 1, 10, "é" * 16, 0, SIG)  # 32 bytes
+    assert wire.decode_frame(wire.encode_frame(ok)) == ok
+    for region in ("x" * 33, "é" * 17):
+        with pytest.raises(LocalProtocolError, match="region longer than 32 bytes"):
+            RouteUpdate(PUB, 1, 10, region, 0, SIG)

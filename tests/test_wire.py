@@ -1,5 +1,6 @@
 """The frame framework itself: header, version, registry, size caps, Reader bounds."""
 
+import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,6 +32,30 @@ class _Blob(wire.Message):
 
 
 wire.register(_Blob)
+
+
+@dataclass(frozen=True, slots=True)
+class _Faulty(wire.Message):
+    """A test-only codec with the bug the net in ``decode_frame`` is for: its decoder
+    (or the dataclass it builds) raises something other than ``DecodeError`` on bad
+    input. The body's first byte picks what it raises."""
+
+    TYPE: ClassVar[int] = 0xF6
+    MAX_SIZE: ClassVar[int] = 10
+    RAISES: ClassVar[tuple] = (struct.error("unpack requires a buffer of 4 bytes"),
+                               ValueError("bad value"), TypeError("bad type"),
+                               IndexError("index out of range"),
+                               LocalProtocolError("hop limit out of range"))
+
+    def encode_body(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode_body(cls, r):
+        raise cls.RAISES[r.u8()]
+
+
+wire.register(_Faulty)
 
 
 def test_header_is_version_then_type():
@@ -81,6 +106,15 @@ def test_register_refuses_a_taken_type_and_out_of_range_types():
     with pytest.raises(LocalProtocolError):
         wire.register(TooBig)
     assert wire.register(_Blob) is _Blob  # registering the same class twice is harmless
+
+
+@pytest.mark.parametrize("which", range(len(_Faulty.RAISES)),
+                         ids=[type(e).__name__ for e in _Faulty.RAISES])
+def test_a_decoder_raising_anything_else_still_gives_a_decode_error(which):
+    # Peers' bytes must never crash the reader of a frame: whatever a decoder slips
+    # (a missed length check, a dataclass refusing a field) is the peer's fault.
+    with pytest.raises(DecodeError, match=f"bad _Faulty: {_Faulty.RAISES[which]}"):
+        wire.decode_frame(bytes([wire.VERSION, _Faulty.TYPE, which]))
 
 
 def test_reader_fields_and_bounds():

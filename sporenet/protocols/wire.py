@@ -230,7 +230,9 @@ def decode_frame(data: bytes | memoryview) -> Message:
         msg = cls.decode_body(r)
     except DecodeError:
         raise
-    except (struct.error, ValueError, TypeError, IndexError) as exc:
-        # A field value the dataclass refused (e.g. out of range): still the peer's fault.
+    except (struct.error, ValueError, TypeError, IndexError, LocalProtocolError) as exc:
+        # A decoder that missed a check, or a field value the dataclass refused (out of
+        # range: LocalProtocolError from its __post_init__): the bytes are the peer's, so
+        # it is still the peer's fault, and the reader of the frame must not crash.
         raise DecodeError(f"bad {cls.__name__}: {exc}") from exc
     return msg
