@@ -33,6 +33,7 @@ import structlog
 
 from sporenet.agents.api import ApiAgent, GetApiAddress
 from sporenet.agents.bundle import AgentSpec, Bundle
+from sporenet.agents.enforcement import Enforcement
 from sporenet.agents.contract import (ApplyContract, ContractAgent, ContractHolder, GetContract,
                                       load_contract)
 from sporenet.agents.link import GetLinkInfo, LinkAgent
@@ -76,8 +77,9 @@ class Node:
         fib = FibHolder()
         user = UserApi(lambda: self.bundle.agent("overlay"))
         enforced = c.contract is not None
-        admit = self.contract.admits if enforced else None
-        reach = self.contract.may_reach if enforced else None
+        # One enforcement point per place, all over the one contract snapshot (the holder)
+        points = Enforcement(self.contract, ident.public_key) if enforced else None
+        self.enforcement = points
         routes = user.routes()
         screen = InitiationScreen(ident.public_key)  # bad-mac1 msg1s die in the link's I/O thread
         if enforced:
@@ -87,9 +89,11 @@ class Node:
             AgentSpec("api", ApiAgent, options={
                 "identity": ident, "api": c.api, "name": c.name, "region": c.region,
                 "agent_states": lambda: self.bundle.states(), "routes": self._routes,
-                "explain": self._explain, "extra_routes": routes}),
+                "explain": self._explain, "extra_routes": routes,
+                "enforcement": None if points is None else points.snapshot}),
             AgentSpec("router", RouterAgent, options={"identity": ident, "fib_holder": fib,
-                                                      "region": c.region, "admit": admit}),
+                                                      "region": c.region,
+                                                      "admit": points and points.route()}),
             AgentSpec("overlay", OverlayAgent, requires=("router",),
                       options={"identity": ident, "fib_holder": fib, "topics": dict(c.topics),
                                "accept_unknown_topics": c.accept_unknown_topics,
@@ -97,13 +101,17 @@ class Node:
                                             "pq_required": c.sessions.pq_required},
                                "request_routes": lambda: self.bundle.agent("router").ask(
                                    GetRoutes(), block=False),
-                               "reach": reach, "screen": screen}),
+                               "reach": points and points.send(),
+                               "session_accept": points and points.session(),
+                               "allowed": points and self.contract.may_reach,
+                               "screen": screen}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
             AgentSpec("link", LinkAgent, requires=("prober", "router", "overlay", "api"),
                       options={"identity": ident, "listen": list(c.listen),
-                               "peers": list(c.peers), "name": c.name, "admit": admit,
+                               "peers": list(c.peers), "name": c.name,
+                               "admit": points and points.link(),
                                "rx_filter": screen.drop}),
         ]
         if enforced:

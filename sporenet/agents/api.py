@@ -84,7 +84,12 @@ class ApiAgent(ProtocolAgent):
                     "region": self.options.get("region", ""), "version": __version__,
                     "uptime_s": round(time.monotonic() - self._started, 3),
                     "agents": agents, "listen": list(self._listen), "peers": len(self._peers),
-                    "counters": dict(self._counters)}
+                    "counters": dict(self._counters), "contract": self._enforcement()}
+
+    def _enforcement(self) -> dict | None:
+        """The contract in force and its enforcement points (None: an open network)."""
+        snapshot = self.options.get("enforcement")
+        return None if snapshot is None else snapshot()
 
     def get_peers(self) -> dict:
         now = time.monotonic()

@@ -192,13 +192,12 @@ class OverlayAgent(ProtocolAgent):
         forwarder = Forwarder(identity, link_stats=self._links.get,
                               route_metric=lambda dst: self._metrics.get(dst[:PREFIX_SIZE]))
         return Overlay(forwarder, endpoint, sessions=self._session_manager(identity),
-                       reach=self.options.get("reach"))
+                       reach=self.options.get("reach"), allowed=self.options.get("allowed"))
 
     def _session_manager(self, identity: Any) -> SessionManager:
         opts = dict(self.options.get("sessions") or {})
-        reach, me = self.options.get("reach"), identity.public_key
         return SessionManager(identity, rng=random.SystemRandom(),
-                              accept=None if reach is None else (lambda key: reach(key, me)),
+                              accept=self.options.get("session_accept"),
                               pq=bool(opts.get("pq", True)),
                               pq_required=bool(opts.get("pq_required", False)),
                               wall_offset=time.time() - self.clock.now())

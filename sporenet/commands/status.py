@@ -66,6 +66,7 @@ def render_status(data: dict[str, Any], out: Console) -> None:
             ("listen", ", ".join(data.get("listen") or []) or "-")]
     if data.get("region"):  # only when set: a node without a region shows no such row
         rows.insert(1, ("region", data["region"]))
+    rows.append(("contract", contract_line(data.get("contract"))))
     for key, value in rows:
         facts.add_row(key, str(value))
     out.print(facts)
@@ -81,6 +82,18 @@ def render_status(data: dict[str, Any], out: Console) -> None:
         table.add_row(name, f"[{color}]{state}[/]" if color else str(state))
     out.print()
     out.print(table)
+
+
+def contract_line(c: dict[str, Any] | None) -> str:
+    """``lab v2, enforced at link (1 refused), route, session, send``, or an open network."""
+    if not c:
+        return "none (open network: every node may link, route and talk)"
+    points = c.get("points") or {}
+    active = [f"{n} ({p['refused']} refused)" if p.get("refused") else n
+              for n, p in points.items() if p.get("active")]
+    off = [n for n, p in points.items() if not p.get("active")]
+    text = f"{c.get('network')} v{c.get('version')}, enforced at " + (", ".join(active) or "no point")
+    return text + (f"; NOT enforced at {', '.join(off)}" if off else "")
 
 
 @click.command("status")

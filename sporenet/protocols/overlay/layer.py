@@ -37,7 +37,8 @@ Without a session manager every packet travels in clear (the simulator's mode).
 Contract (``reach(src_key, dst_key) -> bool``, the network contract's ``may_reach``
 when the node has one): a secured send to a key we may not reach is dropped and
 counted (``not_member``); ``revoke(now)`` removes the sessions (``remove_peer``) of
-every peer that may reach us no more, nor we it. The session manager's own
+every peer that may reach us no more, nor we it (asking ``allowed``, the same rule
+without the send point's refusal count; ``reach`` when not given). The session manager's own
 ``accept`` refuses handshakes from initiators that may not reach us.
 """
 
@@ -64,9 +65,11 @@ NO_ANSWER_REKEY = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT  # 15 s, WireGuard's New-Han
 class Overlay:
     def __init__(self, forwarder: Forwarder, endpoint: MessageEndpoint,
                  tracer: Tracer | None = None, sessions: SessionManager | None = None,
-                 reach: Callable[[bytes, bytes], bool] | None = None) -> None:
+                 reach: Callable[[bytes, bytes], bool] | None = None,
+                 allowed: Callable[[bytes, bytes], bool] | None = None) -> None:
         self.forwarder = forwarder
         self.reach = reach
+        self.allowed = allowed  # the same rule, asked by revoke (not a refused send)
         self.endpoint = endpoint
         self.tracer = tracer if tracer is not None else Tracer(rng=endpoint._rng)
         self.sessions = sessions
@@ -98,11 +101,12 @@ class Overlay:
 
     def revoke(self, now: float) -> list[Action]:
         """Remove the sessions of peers the contract no longer lets talk to us either way."""
-        if self.sessions is None or self.reach is None:
+        allowed = self.allowed or self.reach
+        if self.sessions is None or allowed is None:
             return []
         me, acts = self.sessions.public_key, []
         for row in self.sessions.sessions(now):
-            if not (self.reach(me, row.peer) or self.reach(row.peer, me)):
+            if not (allowed(me, row.peer) or allowed(row.peer, me)):
                 self.counters["sessions_revoked"] += 1
                 self._unanswered.pop(row.peer, None)
                 acts += self.sessions.remove_peer(row.peer)
