@@ -142,6 +142,20 @@ def test_overlay_refuses_sends_the_contract_forbids_and_revokes_sessions():
     line.run()
     assert line.of(2, MessageReceived) == [] and b.sessions.sessions(line.now) == []
 
+    # B may not reach A, A may reach B: A's session carries B's acks back, and B's
+    # own sends to A while it holds the session A opened (the rules say who opens)
+    from sporenet.protocols.overlay.messaging import MessageDelivered
+    line = Line()
+    a, _, b = line.ovs
+    b.reach = lambda src, dst: not (src == B.public_key and dst == A.public_key)
+    line.act(0, a.send(B.address, "chat", b"hi", line.now)[1])
+    line.run()
+    assert len(line.of(2, MessageReceived)) == 1 and len(line.of(0, MessageDelivered)) == 1
+    assert b.counters["not_member"] == 0 and b.sessions.answering(A.public_key)
+    line.act(2, b.send(A.address, "chat", b"reply", line.now)[1])
+    line.run()
+    assert len(line.of(0, MessageReceived)) == 1
+
     line = Line()
     a, _, b = line.ovs
     line.act(0, a.send(B.address, "chat", b"yes", line.now)[1])

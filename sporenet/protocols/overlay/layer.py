@@ -36,7 +36,8 @@ Without a session manager every packet travels in clear (the simulator's mode).
 
 Contract (``reach(src_key, dst_key) -> bool``, the network contract's ``may_reach``
 when the node has one): a secured send to a key we may not reach is dropped and
-counted (``not_member``); ``revoke(now)`` removes the sessions (``remove_peer``) of
+counted (``not_member``), unless that peer opened the session we hold with it (rules
+say who may open a session; the session carries both ways); ``revoke(now)`` removes the sessions (``remove_peer``) of
 every peer that may reach us no more, nor we it (asking ``allowed``, the same rule
 without the send point's refusal count; ``reach`` when not given). The session manager's own
 ``accept`` refuses handshakes from initiators that may not reach us.
@@ -198,7 +199,11 @@ class Overlay:
         if key is None:
             self.counters["no_public_key"] += 1
             return []
-        if self.reach is not None and not self.reach(self.sessions.public_key, key):
+        # The rules say who may open a session; one the peer opened carries our replies
+        # (acks, answers) back. Asked in this order so the contract's send point counts
+        # only what it refuses.
+        if (self.reach is not None and not self.sessions.answering(key)
+                and not self.reach(self.sessions.public_key, key)):
             self.counters["not_member"] += 1
             return []
         acts = self.sessions.handle(SendPlain(key, int(a.proto), a.payload), now)

@@ -156,6 +156,12 @@ class SessionManager:
             rows.append(p.row(cur, meta, self.pq_required, now))
         return rows
 
+    def answering(self, peer: bytes) -> bool:
+        """Whether ``peer`` opened the session we hold with it (we answered its handshake):
+        the contract's rules say who may open one, and a session carries both ways."""
+        _, cur, nxt = self.keyring.keypairs(peer)
+        return any(kp is not None and not kp.initiator for kp in (cur, nxt))
+
     def guard_report(self, now: float) -> dict:
         """The handshake flood guard as an operator sees it: load, queue, DH work and
         what happened to arriving initiations (the counters, by reason)."""
