@@ -11,14 +11,15 @@ import threading
 import time
 
 import pytest
+from test_carriers import (  # tests/ is on sys.path (rootdir, no package)
+    TIMEOUT,
+    Recorder,
+)
 
 from sporenet.protocols.link.framing import encode_length_prefixed
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 from sporenet.transports.carrier import Connected, DialFailed, Disconnected
 from sporenet.transports.tcp import TcpCarrier, format_tcp_endpoint, parse_tcp_endpoint
-
-from test_carriers import TIMEOUT, Recorder  # tests/ is on sys.path (rootdir, no package)
-
 
 
 @pytest.fixture
@@ -237,3 +238,117 @@ def test_close_towards_a_peer_that_never_reads_gives_up_after_linger():
     finally:
         ca.shutdown()
         cb.shutdown()
+
+
+# ----- connections before their hello -------------------------------------------------
+
+def connect_from(source: str, endpoint: str) -> socket.socket:
+    host, port = parse_tcp_endpoint(endpoint)
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(TIMEOUT)
+    sock.connect((host, port))
+    return sock
+
+
+def test_one_source_over_its_share_loses_its_oldest_not_others():
+    rec = Recorder()
+    carrier = TcpCarrier(rec, max_pending=8, max_pending_per_source=3)
+    endpoint = carrier.listen("tcp://127.0.0.1:0")
+    socks = []
+    try:
+        socks.append(connect_from("127.0.0.1", endpoint))   # a quiet peer
+        peer = accepted(rec, 1)
+        for _ in range(5):                                  # an opener on another address
+            socks.append(connect_from("127.0.0.2", endpoint))
+        accepted(rec, 6)
+        rec.wait_for(lambda ev: [e for e in ev if isinstance(e, Disconnected)][1:], "two evictions")
+        gone = [e for e in rec.events if isinstance(e, Disconnected)]
+        assert all("pre-hello limit" in e.reason for e in gone)
+        conns = [e.conn_id for e in rec.events if isinstance(e, Connected)]
+        assert {e.conn_id for e in gone} == set(conns[1:3])   # the opener's two oldest
+        assert peer not in {e.conn_id for e in gone}
+        stats = carrier.stats()
+        assert stats.pending_evicted == 2 and stats.pending == 4
+        # the evicted sockets are closed at once: the opener reads end of stream
+        socks[1].settimeout(TIMEOUT)
+        assert socks[1].recv(16) == b""
+    finally:
+        for s in socks:
+            s.close()
+        carrier.shutdown()
+
+
+def test_a_confirmed_connection_no_longer_counts():
+    rec = Recorder()
+    carrier = TcpCarrier(rec, max_pending=2, max_pending_per_source=2)
+    endpoint = carrier.listen("tcp://127.0.0.1:0")
+    socks = []
+    try:
+        socks.append(raw_connect(endpoint))
+        first = accepted(rec, 1)
+        carrier.confirm(first)
+        poll_until(lambda: carrier.stats().pending == 0, "confirm to take effect")
+        for n in range(2, 5):
+            socks.append(raw_connect(endpoint))
+            accepted(rec, n)
+        rec.wait_for(lambda ev: any(isinstance(e, Disconnected) for e in ev), "one eviction")
+        assert [e.conn_id for e in rec.events if isinstance(e, Disconnected)] != [first]
+        assert first in carrier.stats().conns          # the confirmed one survived
+        assert carrier.stats().pending_evicted == 1
+    finally:
+        for s in socks:
+            s.close()
+        carrier.shutdown()
+
+
+_EMFILE_SCRIPT = r"""
+import os, resource, socket, sys, time, json
+from sporenet.transports.tcp import TcpCarrier
+events = []
+carrier = TcpCarrier(events.append)
+endpoint = carrier.listen("tcp://127.0.0.1:0")
+port = int(endpoint.rsplit(":", 1)[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+hog = []
+try:
+    while True:
+        hog.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+# connect from a forked child so our own table stays full
+pid = os.fork()
+if pid == 0:
+    os.close(hog.pop())
+    s = socket.create_connection(("127.0.0.1", port))
+    time.sleep(3)
+    os._exit(0)
+t0, c0 = time.monotonic(), time.process_time()
+time.sleep(1.0)
+busy = time.process_time() - c0
+paused = carrier.stats().accept_paused
+for fd in hog[:8]:
+    os.close(fd)
+deadline = time.monotonic() + 5
+while not any(type(e).__name__ == "Connected" for e in events) and time.monotonic() < deadline:
+    time.sleep(0.01)
+connected = any(type(e).__name__ == "Connected" for e in events)
+carrier.shutdown()
+os.waitpid(pid, 0)
+print(json.dumps({"busy": busy, "paused": paused, "connected": connected}))
+"""
+
+
+def test_out_of_descriptors_backs_off_instead_of_spinning_and_recovers():
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _EMFILE_SCRIPT], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # a spinning loop burns the whole second; the back-off (5 ms doubling to 1 s) a few ms
+    assert got["busy"] < 0.3, got
+    assert 1 <= got["paused"] <= 12, got
+    assert got["connected"], got

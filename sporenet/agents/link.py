@@ -15,26 +15,40 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from sporenet.agents.contract import ContractChanged
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
-from sporenet.protocols.link.dialer import Dial
 from sporenet.protocols.errors import DecodeError
-from sporenet.protocols.link.table import (BytesReceived, CloseConnection, ConnectionLost,
-                                     ConnectionOpened, DeliverFrame, SendFrame)
+from sporenet.protocols.link.dialer import Dial
 from sporenet.protocols.link.manager import DialFailed, LinkManager
 from sporenet.protocols.link.messages import CloseCode, Probe, ProbeAck
-from sporenet.protocols.notices import (AgentStateChanged, LinkCounters, LinkDead, LinkFrameIn,
-                                        LinkFrameOut, LinkListening, PeerUp)
-from sporenet.agents.contract import ContractChanged
+from sporenet.protocols.link.table import (
+    BytesReceived,
+    CloseConnection,
+    ConnectionAuthenticated,
+    ConnectionLost,
+    ConnectionOpened,
+    DeliverFrame,
+    SendFrame,
+)
+from sporenet.protocols.notices import (
+    AgentStateChanged,
+    LinkCounters,
+    LinkDead,
+    LinkFrameIn,
+    LinkFrameOut,
+    LinkListening,
+    PeerUp,
+)
 from sporenet.transports import carrier as ev
 from sporenet.transports.errors import TransportClosed
 from sporenet.transports.tcp import TcpCarrier
 
 from .base import ProtocolAgent
-
 
 _MAX_PROBE_OFFSETS = 4096
 
@@ -83,7 +97,8 @@ class LinkAgent(ProtocolAgent):
 
     def dispatch_table(self) -> dict[type, Callable[[Any], None]]:
         return {**super().dispatch_table(), SendFrame: self._send, Dial: self._dial,
-                CloseConnection: self._close, DeliverFrame: self._deliver}
+                CloseConnection: self._close, DeliverFrame: self._deliver,
+                ConnectionAuthenticated: self._authenticated}
 
     def on_ready(self) -> None:
         self.log.info("link_listening", endpoints=list(self._listening))
@@ -148,7 +163,9 @@ class LinkAgent(ProtocolAgent):
 
     def _counters(self) -> dict:
         stats = self._carrier.stats()
-        return {**self.protocol.table.counters, "malformed_streams": stats.malformed_frames}
+        return {**self.protocol.table.counters, "malformed_streams": stats.malformed_frames,
+                "pending_hello": stats.pending, "pending_evicted": stats.pending_evicted,
+                "accept_paused": stats.accept_paused}
 
     def _info(self) -> dict:
         return {"listen": list(self._listening), "counters": self._counters(),
@@ -160,6 +177,9 @@ class LinkAgent(ProtocolAgent):
                 self.log.warning("send_queue_full", conn=a.conn)
         except TransportClosed:
             pass  # the Disconnected event is on its way
+
+    def _authenticated(self, a: ConnectionAuthenticated) -> None:
+        self._carrier.confirm(a.conn)
 
     def _dial(self, a: Dial) -> None:
         self._carrier.dial(a.endpoint)

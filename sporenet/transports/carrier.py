@@ -11,7 +11,7 @@ How a carrier is driven:
   block on the carrier (it usually ``tell``s a pykka actor). It may call any
   carrier method, including ``send`` and ``close``.
 - ``listen``, ``dial``, ``send``, ``close``, ``pause_reading``, ``resume_reading``,
-  ``stats`` and ``shutdown`` are thread-safe.
+  ``confirm``, ``stats`` and ``shutdown`` are thread-safe.
 
 Event order per connection: ``Connected``, then ``FrameReceived`` in the order the
 peer sent them, then exactly one ``Disconnected``; nothing after it. A dial ends in
@@ -109,6 +109,9 @@ class CarrierStats:
     dialled: int = 0
     dial_failures: int = 0
     disconnects: int = 0
+    pending: int = 0          # inbound connections now waiting for their hello (a gauge)
+    pending_evicted: int = 0  # pushed out by the pre-hello limit
+    accept_paused: int = 0    # accept back-offs for want of descriptors or memory
 
 
 @runtime_checkable
@@ -142,6 +145,11 @@ class Carrier(Protocol):
 
     def resume_reading(self, conn_id: int) -> None:
         """Undo ``pause_reading``."""
+        ...
+
+    def confirm(self, conn_id: int) -> None:
+        """The link layer authenticated this inbound connection: it no longer counts
+        against the carrier's limit of connections waiting for their hello."""
         ...
 
     def stats(self) -> CarrierStats:

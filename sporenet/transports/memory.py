@@ -187,6 +187,9 @@ class MemoryCarrier:
                 half.paused = False
                 self._schedule(half)
 
+    def confirm(self, conn_id: int) -> None:
+        """Nothing to do: in-process peers are the test's own, no pre-hello limit."""
+
     def stats(self) -> CarrierStats:
         with self._net.lock:
             conns = {cid: h.snapshot() for cid, h in self._conns.items()}

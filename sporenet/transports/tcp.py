@@ -22,6 +22,17 @@ carrier's ``screened_frames``). The node passes the session guard's
 beyond a per-link rate) costs about one BLAKE2s per frame here and never reaches an
 actor or the bus. The filter must be cheap and must not raise.
 
+Inbound connections before their hello: at most ``max_pending`` in all and
+``max_pending_per_source`` per source address wait for the link layer's ``confirm``
+(``protocols/link/admission.py``); one more pushes out the oldest (counted
+``pending_evicted``, reported ``Disconnected``). When ``accept`` fails for want of
+descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the listeners leave the
+selector for a back-off of 5 ms doubling to 1 s (Go's net/http does the same), so
+the loop neither spins on a listener that stays readable nor stops serving the
+established links; counted ``accept_paused``.
+
+Logs: every line a remote party can cause goes through one ``LimitedLogger``.
+
 Backpressure: outbound, ``send`` returns False once ``send_buffer`` bytes wait
 unwritten; inbound, ``pause_reading`` takes the socket out of the read set, the
 kernel buffers fill and TCP flow control stops the peer.
@@ -30,24 +41,42 @@ kernel buffers fill and TCP flow control stops the peer.
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import selectors
 import socket
 import struct
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import structlog
 
 from sporenet.protocols.errors import DecodeError, LocalProtocolError
+from sporenet.protocols.link.admission import (
+    DEFAULT_PER_SOURCE,
+    DEFAULT_TOTAL,
+    PendingLimit,
+    source_key,
+)
 from sporenet.protocols.link.framing import PREFIX_SIZE, FrameDecoder
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 
-from .carrier import (CarrierStats, Connected, ConnStats, DialFailed, Disconnected,
-                      EventCallback, FrameReceived, new_conn_id, split_endpoint)
+from .carrier import (
+    CarrierStats,
+    Connected,
+    ConnStats,
+    DialFailed,
+    Disconnected,
+    EventCallback,
+    FrameReceived,
+    new_conn_id,
+    split_endpoint,
+)
 from .errors import TransportClosed, TransportError
+from .log_limit import LimitedLogger
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +87,9 @@ _RECV_SIZE = 256 * 1024
 _IOV_MAX = 512       # buffers per sendmsg (Linux allows 1024)
 _WRITE_ROUNDS = 4    # sendmsg calls per turn before yielding to other sockets
 _ACCEPTS_PER_TURN = 64
+_ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.005, 1.0
+# accept() failures that mean "out of descriptors or memory": retrying at once spins
+_ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PREFIX = struct.Struct("!I")
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -121,14 +153,16 @@ class TcpCarrier:
     def __init__(self, on_event: EventCallback, *, max_frame: int = MAX_FRAME_SIZE,
                  send_buffer: int = DEFAULT_SEND_BUFFER, dial_timeout: float = DEFAULT_DIAL_TIMEOUT,
                  linger: float = DEFAULT_LINGER, name: str = "tcp",
-                 rx_filter: Callable[[int, bytes, float], bool] | None = None) -> None:
+                 rx_filter: Callable[[int, bytes, float], bool] | None = None,
+                 max_pending: int = DEFAULT_TOTAL,
+                 max_pending_per_source: int = DEFAULT_PER_SOURCE) -> None:
         if send_buffer < max_frame + PREFIX_SIZE:
             raise LocalProtocolError("send_buffer must hold at least one largest frame")
         self.max_frame = max_frame
         self._on_event = on_event
         self._rx_filter = rx_filter
         self._send_buffer, self._dial_timeout, self._linger = send_buffer, dial_timeout, linger
-        self._log = log.bind(carrier=name)
+        self._log = LimitedLogger(log.bind(carrier=name))
         self._lock = threading.Lock()  # guards _conns, _totals, _stopped
         self._conns: dict[int, _Conn] = {}
         self._totals: Counter[str] = Counter()
@@ -143,13 +177,21 @@ class TcpCarrier:
         self._sel.register(self._wake_r, _R, "wake")
         self._listeners: list[socket.socket] = []
         self._live: set[_Conn] = set()            # every conn that still has a socket
-        self._deadlines: dict[_Conn, float] = {}  # connecting and lingering conns
+        # connecting and lingering conns: conn -> due, and a heap of (due, seq, conn)
+        # whose entries no longer matching _deadlines are skipped when they surface
+        self._deadlines: dict[_Conn, float] = {}
+        self._deadline_heap: list[tuple[float, int, _Conn]] = []
+        self._seq = itertools.count()
+        self._pending = PendingLimit(max_pending, max_pending_per_source)
+        self._accept_resume: float | None = None  # listeners out of the selector until then
+        self._accept_backoff = 0.0
         self._resolving: Counter[str] = Counter()
         self._resolver: ThreadPoolExecutor | None = None
         self._rbuf = bytearray(_RECV_SIZE)
         self._handlers = {"flush": self._do_flush, "close": self._do_close, "dial": self._do_dial,
                           "resolved": self._do_resolved, "adopt": self._do_adopt,
-                          "pause": self._do_pause, "stop": self._do_stop}
+                          "pause": self._do_pause, "confirm": self._do_confirm,
+                          "stop": self._do_stop}
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"sporenet-{name}-io", daemon=True)
         self._thread.start()
@@ -226,6 +268,13 @@ class TcpCarrier:
     def pause_reading(self, conn_id: int) -> None:
         self._post(("pause", conn_id, True))
 
+    def confirm(self, conn_id: int) -> None:
+        """The link layer authenticated ``conn_id``: it leaves the pre-hello limit."""
+        try:
+            self._post(("confirm", conn_id))
+        except TransportClosed:
+            pass
+
     def resume_reading(self, conn_id: int) -> None:
         self._post(("pause", conn_id, False))
 
@@ -233,6 +282,7 @@ class TcpCarrier:
         with self._lock:
             conns = {cid: c.snapshot() for cid, c in self._conns.items()}
             totals = Counter(self._totals)
+        totals["pending"] = len(self._pending)  # a gauge; read racily, it is only shown
         for s in conns.values():
             totals.update(bytes_in=s.bytes_in, bytes_out=s.bytes_out, frames_in=s.frames_in,
                           frames_out=s.frames_out, drops=s.drops)
@@ -271,12 +321,11 @@ class TcpCarrier:
     def _run(self) -> None:
         try:
             while self._running:
-                timeout = None
-                if self._deadlines:
-                    timeout = max(0.0, min(self._deadlines.values()) - time.monotonic())
+                due = self._next_due()
+                timeout = None if due is None else max(0.0, due - time.monotonic())
                 for key, mask in self._sel.select(timeout):
                     self._dispatch(key.data, mask)
-                if self._deadlines:
+                if self._deadline_heap or self._accept_resume is not None:
                     self._expire(time.monotonic())
         finally:
             self._teardown()
@@ -311,6 +360,19 @@ class TcpCarrier:
         except Exception:  # the owner's bug must not take every link down with the I/O thread
             self._log.exception("on_event_failed", event_type=type(event).__name__)
 
+    def _next_due(self) -> float | None:
+        heap = self._deadline_heap
+        while heap and self._deadlines.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        due = heap[0][0] if heap else None
+        if self._accept_resume is not None and (due is None or self._accept_resume < due):
+            due = self._accept_resume
+        return due
+
+    def _set_deadline(self, conn: _Conn, due: float) -> None:
+        self._deadlines[conn] = due
+        heapq.heappush(self._deadline_heap, (due, next(self._seq), conn))
+
     def _set_mask(self, conn: _Conn) -> None:
         if conn._sock is None:
             return
@@ -329,7 +391,8 @@ class TcpCarrier:
 
     def _do_adopt(self, sock: socket.socket) -> None:
         self._listeners.append(sock)
-        self._sel.register(sock, _R, sock)
+        if self._accept_resume is None:
+            self._sel.register(sock, _R, sock)
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(_ACCEPTS_PER_TURN):
@@ -337,12 +400,53 @@ class TcpCarrier:
                 sock, addr = lsock.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # e.g. EMFILE: leave it queued, say so
-                self._log.warning("accept_failed", error=str(exc))
-                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_EXHAUSTED:
+                    self._pause_accepting(exc)
+                    return
+                # ECONNABORTED and the like: that one connection is gone, go on
+                self._log.info("accept_failed", key=("accept_failed", exc.errno),
+                               error=exc.strerror or str(exc))
+                continue
+            self._accept_backoff = 0.0
             conn = _Conn(sock, format_tcp_endpoint(*addr[:2]), False, self.max_frame)
-            self._adopt_conn(conn)
             self._count("accepted")
+            evicted = self._pending.add(conn, source_key(addr[0]))
+            for old in evicted:  # before the new one: its descriptor is free again first
+                self._evict(old)
+            self._adopt_conn(conn)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): the pending connection stays in the kernel's
+        backlog and its listener stays readable, so stop selecting listeners for a
+        back-off instead of waking on them again at once."""
+        b = self._accept_backoff
+        b = _ACCEPT_BACKOFF_MIN if b <= 0 else min(2 * b, _ACCEPT_BACKOFF_MAX)
+        self._accept_backoff = b
+        self._accept_resume = time.monotonic() + b
+        for lsock in self._listeners:
+            try:
+                self._sel.unregister(lsock)
+            except KeyError:
+                pass
+        self._count("accept_paused")
+        self._log.warning("accept_paused", key=("accept_paused", exc.errno),
+                          error=exc.strerror or str(exc), backoff=round(b, 3),
+                          hint="raise the node's open-file limit (ulimit -n) if this persists")
+
+    def _resume_accepting(self) -> None:
+        self._accept_resume = None
+        for lsock in self._listeners:
+            self._sel.register(lsock, _R, lsock)
+
+    def _evict(self, conn: _Conn) -> None:
+        """Close a connection pushed out of the pre-hello limit: at once, no linger."""
+        self._count("pending_evicted")
+        self._log.warning("pending_evicted", remote=conn.remote,
+                          detail="too many connections waiting for their hello; oldest closed")
+        self._drop_socket(conn)
+        self._announce_gone(conn, "pre-hello limit: too many connections waiting for their hello",
+                            broken=False)
 
     def _adopt_conn(self, conn: _Conn) -> None:
         sock = conn._sock
@@ -403,7 +507,7 @@ class TcpCarrier:
             return
         conn = _Conn(sock, endpoint, True, self.max_frame)
         self._live.add(conn)
-        self._deadlines[conn] = time.monotonic() + self._dial_timeout
+        self._set_deadline(conn, time.monotonic() + self._dial_timeout)
         self._set_mask(conn)
 
     def _connect_done(self, conn: _Conn) -> None:
@@ -516,6 +620,11 @@ class TcpCarrier:
         self._log.warning("malformed_stream", conn=conn.id, remote=conn.remote, reason=reason)
         self._finish(conn, reason, broken=True)
 
+    def _do_confirm(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._pending.discard(conn)
+
     def _do_pause(self, conn_id: int, paused: bool) -> None:
         conn = self._conns.get(conn_id)
         if conn is not None:
@@ -530,7 +639,7 @@ class TcpCarrier:
             self._drop_socket(conn)
             return
         conn._state = "linger"
-        self._deadlines[conn] = time.monotonic() + self._linger
+        self._set_deadline(conn, time.monotonic() + self._linger)
         self._write(conn)
 
     def _finish(self, conn: _Conn, reason: str, broken: bool) -> None:
@@ -559,15 +668,21 @@ class TcpCarrier:
         conn._sock.close()
         conn._sock = None
         self._deadlines.pop(conn, None)
+        self._pending.discard(conn)
         self._live.discard(conn)
 
     def _expire(self, now: float) -> None:
-        for conn, due in list(self._deadlines.items()):
-            if due <= now:
-                connecting = conn._state == "connecting"
-                self._drop_socket(conn)
-                if connecting:
-                    self._dial_failed(conn.remote, "connect timed out")
+        if self._accept_resume is not None and self._accept_resume <= now:
+            self._resume_accepting()
+        heap = self._deadline_heap
+        while heap and heap[0][0] <= now:
+            due, _, conn = heapq.heappop(heap)
+            if self._deadlines.get(conn) != due:
+                continue  # stale: the conn left, or got a later deadline
+            connecting = conn._state == "connecting"
+            self._drop_socket(conn)
+            if connecting:
+                self._dial_failed(conn.remote, "connect timed out")
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:

@@ -3,7 +3,8 @@
 Driven by ``handle(event, now)`` with ``ConnectionOpened`` / ``BytesReceived`` /
 ``ConnectionLost`` from the carriers, by ``on_timer(now)`` at ``next_deadline()``,
 and by ``send_to`` / ``disconnect`` / ``close_all`` from the node. Returns actions:
-``SendFrame``, ``CloseConnection``, ``DeliverFrame`` and ``Publish(PeerUp|PeerDown)``.
+``SendFrame``, ``CloseConnection``, ``DeliverFrame``, ``ConnectionAuthenticated`` and
+``Publish(PeerUp|PeerDown)``.
 
 Handshake (both sides run the same steps; carriers deliver frames in order):
 1. on open, send ``Hello(public_key, fresh nonce, endpoint, name)``;
@@ -13,6 +14,12 @@ Handshake (both sides run the same steps; carriers deliver frames in order):
    network contract, when the node has one) accepts the proven key; else it is
    closed (``AUTH_FAILED``, "not a member ...") and counted ``not_member``.
    ``recheck(now)`` closes links whose key is no longer admitted (a revocation).
+   The table then says ``ConnectionAuthenticated``: the carrier stops counting the
+   connection against its pre-hello limit (``protocols/link/admission.py``).
+
+Handshake deadlines sit in a heap (deadline, sequence, connection), removed lazily:
+a flood of connections that never say hello costs O(log n) each, not a scan of all
+of them on every timer.
 
 Invariants:
 - A peer fault never raises: it closes that connection (``SendFrame(Close)`` then
@@ -27,16 +34,33 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 from .. import wire
 from ..base import Action, Event, Publish
-from ..errors import DecodeError, LocalProtocolError, RemoteProtocolError, UnknownFrameType
+from ..errors import (
+    DecodeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnknownFrameType,
+)
 from ..identity import Identity, address_of, node_id_of, verify_signature
-from .messages import (LINK_CONTROL_TYPES, MAX_NAME_BYTES, MAX_REASON_BYTES, NONCE_SIZE, Close,
-                       CloseCode, Hello, HelloProof, hello_transcript, truncate_utf8)
 from ..notices import PeerDown, PeerUp
+from .messages import (
+    LINK_CONTROL_TYPES,
+    MAX_NAME_BYTES,
+    MAX_REASON_BYTES,
+    NONCE_SIZE,
+    Close,
+    CloseCode,
+    Hello,
+    HelloProof,
+    hello_transcript,
+    truncate_utf8,
+)
 
 COUNTERS = ("malformed", "protocol_errors", "auth_failed", "unknown_type", "self_connects",
             "duplicates", "handshake_timeouts", "closed_by_peer", "stray_frames", "send_dropped",
@@ -83,6 +107,14 @@ class CloseConnection(Action):
     conn: Hashable
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionAuthenticated(Action):
+    """The peer on ``conn`` proved its key and is admitted: it no longer counts as a
+    connection waiting for its hello (the carrier's ``confirm``)."""
+
+    conn: Hashable
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +175,10 @@ class LinkTable:
         # closed our link as a duplicate and its chosen connection is still handshaking.
         self._active: dict[bytes, Hashable | None] = {}
         self._bridge_until: dict[bytes, float] = {}
+        # (handshake deadline, seq, conn record); an entry whose record left _conns or
+        # authenticated is stale and skipped when it reaches the top.
+        self._deadlines: list[tuple[float, int, _Conn]] = []
+        self._seq = itertools.count()
         self._counters = dict.fromkeys(COUNTERS, 0)
 
     @property
@@ -216,14 +252,20 @@ class LinkTable:
         return actions
 
     def next_deadline(self) -> float | None:
-        times = [c.opened_at + self._timeout for c in self._conns.values() if c.node_id is None]
-        times += self._bridge_until.values()
+        heap = self._deadlines
+        while heap and not self._waiting(heap[0][2]):
+            heapq.heappop(heap)
+        times = list(self._bridge_until.values())  # one per bridging peer: few
+        if heap:
+            times.append(heap[0][0])
         return min(times) if times else None
 
     def on_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for c in [c for c in self._conns.values() if c.node_id is None]:
-            if c.opened_at + self._timeout <= now:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            c = heapq.heappop(heap)[2]
+            if self._waiting(c):
                 self._counters["handshake_timeouts"] += 1
                 del self._conns[c.conn]
                 actions += self._close(c, CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout")
@@ -232,6 +274,10 @@ class LinkTable:
                 actions += self._peer_down(node_id, "duplicate link replaced, successor never came up")
         return actions
 
+    def _waiting(self, c: _Conn) -> bool:
+        """Is ``c`` still open and not yet authenticated (its deadline still counts)?"""
+        return c.node_id is None and self._conns.get(c.conn) is c
+
     # -- frames ---------------------------------------------------------------
 
     def _on_open(self, ev: ConnectionOpened, now: float) -> list[Action]:
@@ -239,7 +285,8 @@ class LinkTable:
             raise LocalProtocolError(f"connection {ev.conn!r} opened twice")
         if len(ev.nonce) != NONCE_SIZE:
             raise LocalProtocolError(f"nonce must be {NONCE_SIZE} bytes")
-        self._conns[ev.conn] = _Conn(ev.conn, ev.outbound, ev.remote, ev.nonce, now)
+        c = self._conns[ev.conn] = _Conn(ev.conn, ev.outbound, ev.remote, ev.nonce, now)
+        heapq.heappush(self._deadlines, (now + self._timeout, next(self._seq), c))
         hello = Hello(self._id.public_key, ev.nonce, self._endpoint, self._name)
         return [SendFrame(ev.conn, hello)]
 
@@ -295,7 +342,7 @@ class LinkTable:
         if self._admit is not None and not self._admit(peer.public_key, now):
             raise _Refusal(CloseCode.AUTH_FAILED, "not_member", _NOT_MEMBER)
         c.node_id, c.since = node_id_of(peer.public_key), now
-        return self._promote(c)
+        return [ConnectionAuthenticated(c.conn), *self._promote(c)]
 
     def _on_close(self, c: _Conn, msg: Close, now: float) -> list[Action]:
         self._counters["closed_by_peer"] += 1
