@@ -127,3 +127,45 @@ def test_exception_keeps_the_traceback():
         log.exception("handler_failed")
     lines = cap.entries
     assert lines[0]["log_level"] == "error" and lines[0]["exc_info"] is True
+
+
+# ----- the rule, over the whole package -----------------------------------------------
+
+import re as _re  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+_PACKAGE = _Path(__file__).resolve().parent.parent / "sporenet"
+_CALL = _re.compile(r"\b([\w.]+)\.(debug|info|warning|error|exception|critical|msg)\(\s*"
+                    r"(?:\"(\w+)\"|([\w.\[\]]+))")
+# Lines only the node's own operator causes (start, stop, local config), one or a few
+# per run: they may use a plain structlog logger. Everything else must be limited.
+LOCAL_EVENTS = {"agent_state", "bundle_started", "bundle_failed", "node_up", "node_stopped",
+                "bus_started", "bus_stopped", "api_listening", "tun_unavailable"}
+# receivers that are LimitedLogger instances (checked below where they are made)
+LIMITED = {"self.log", "self._log", "_bus_log", "_handler_log"}
+
+
+def test_every_log_line_a_peer_can_cause_is_rate_limited():
+    """A log call on a plain structlog logger is allowed only for the local lifecycle
+    events above; every other goes through a LimitedLogger. Adding
+    ``log.warning("peer_did_x")`` anywhere in sporenet/ fails here."""
+    plain = []
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        if path.name == "log_limit.py" or "sim" in path.relative_to(_PACKAGE).parts:
+            continue  # the limiter itself; the simulator logs progress of local runs
+        text = path.read_text()
+        for m in _CALL.finditer(text):
+            receiver, _, event, other = m.groups()
+            if receiver.split(".")[-1] not in {"log", "_log", "node_log", "_bus_log",
+                                               "_handler_log", "logger"}:
+                continue
+            if receiver in LIMITED:
+                continue
+            if event not in LOCAL_EVENTS:
+                line = text.count("\n", 0, m.start()) + 1
+                plain.append(f"{path.relative_to(_PACKAGE)}:{line} {receiver} {event or other}")
+        for name in ("self.log", "self._log"):
+            for a in _re.finditer(_re.escape(name) + r" = (.*)", text):
+                assert a.group(1).startswith("LimitedLogger("), \
+                    f"{path.name}: {name} = {a.group(1)} is not a LimitedLogger"
+    assert not plain, "log calls without a rate limit: " + "; ".join(plain)

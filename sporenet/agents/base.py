@@ -37,12 +37,21 @@ import zmq
 from sporenet.protocols.base import Action, Publish, SansIOProtocol
 from sporenet.protocols.errors import DecodeError, ProtocolError
 from sporenet.protocols.notices import Notice
-from sporenet.transports.bus import Bus, BusEndpoints, BusError, BusPublisher, BusSubscriber
+from sporenet.transports.bus import (
+    Bus,
+    BusEndpoints,
+    BusError,
+    BusPublisher,
+    BusSubscriber,
+)
 from sporenet.transports.bus_codec import PRIVATE_PREFIX, decode_notice
+from sporenet.transports.log_limit import LimitedLogger
 
 from .clock import MonotonicClock, Scheduler
 
 log = structlog.get_logger("sporenet.agent")
+# Junk on the bus can come from any process that reaches the run directory's sockets.
+_bus_log = LimitedLogger(log)
 
 SYNC_TIMEOUT = 5.0
 READER_POLL = 0.25  # s; the reader re-checks its stop flag at least this often
@@ -112,7 +121,7 @@ class _BusReader(threading.Thread):
         try:
             notice = decode_notice(topic, payload)
         except DecodeError as e:  # another process sent junk: skip it
-            log.warning("bus_decode_error", agent=self._ctx.name, topic=topic[:60], error=str(e))
+            _bus_log.warning("bus_decode_error", agent=self._ctx.name, topic=topic[:60], error=str(e))
             return True
         try:
             self._ref.tell(_FromBus(notice))
@@ -137,7 +146,10 @@ class ProtocolAgent(pykka.ThreadingActor):
         self.name = ctx.name
         self.options = ctx.options
         self.clock = ctx.clock
-        self.log = log.bind(agent=ctx.name)
+        # Limited: most of an agent's lines answer what a peer sent (a bad frame, a
+        # refused session, a dead link), so each agent has its own token buckets
+        # per event (transports/log_limit.py); its few lifecycle lines fit the burst.
+        self.log = LimitedLogger(log.bind(agent=ctx.name))
         self.protocol: SansIOProtocol | None = None
         self._pub: BusPublisher | None = None
         self._reader: _BusReader | None = None

@@ -51,6 +51,7 @@ from sporenet.transports.tcp import TcpCarrier
 from .base import ProtocolAgent
 
 _MAX_PROBE_OFFSETS = 4096
+_KNOWN_CODES = frozenset(int(c) for c in CloseCode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,10 @@ class LinkAgent(ProtocolAgent):
         self._carrier.dial(a.endpoint)
 
     def _close(self, a: CloseConnection) -> None:
-        self.log.info("link_closed", conn=a.conn, code=int(a.code), reason=a.reason)
+        # A bucket per close code we know (a peer's code can be any int: one for those)
+        code = int(a.code)
+        key = ("link_closed", code if code in _KNOWN_CODES else "other")
+        self.log.info("link_closed", key=key, conn=a.conn, code=code, reason=a.reason)
         self._carrier.close(a.conn, a.reason)
 
     def do_publish(self, action: Publish) -> None:

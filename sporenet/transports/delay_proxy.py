@@ -45,6 +45,7 @@ from sporenet.protocols.errors import LocalProtocolError
 
 from .errors import TransportClosed, TransportError
 from .tcp import format_tcp_endpoint, parse_tcp_endpoint
+from .log_limit import LimitedLogger
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +124,7 @@ class DelayProxy:
         self._rng = random.Random(rng_seed)
         self._max_buffer = max_buffer
         self._name = name
-        self._log = log.bind(proxy=name)
+        self._log = LimitedLogger(log.bind(proxy=name))
         self._lock = threading.Lock()  # guards _cmds posting, _state
         self._state = "new"            # new -> running -> stopped
         self._cmds: deque[tuple] = deque()

@@ -34,7 +34,10 @@ from typing import Any, Callable, Mapping
 import structlog
 from aiohttp import web
 
+from .log_limit import LimitedLogger
+
 log = structlog.get_logger("sporenet.api")
+_handler_log = LimitedLogger(log)  # a client can make a handler fail on every request
 
 Handler = Callable[..., Mapping[str, Any]]
 METHODS = ("GET", "POST")
@@ -235,7 +238,7 @@ class ApiServer:
         # A failing handler is a bug in this node, but one bad endpoint must not take
         # the API down: answer 500 with the reason and log the traceback.
         except Exception as exc:  # noqa: BLE001
-            log.exception("api_handler_failed", route=route, error=type(exc).__name__)
+            _handler_log.exception("api_handler_failed", route=route, error=type(exc).__name__)
             return _error(500, f"{route} failed: {type(exc).__name__}: {exc}")
         if not isinstance(result, Mapping):
             return _error(500, f"{route} returned {type(result).__name__}, not a JSON object")

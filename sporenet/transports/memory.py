@@ -25,10 +25,20 @@ import structlog
 from sporenet.protocols.errors import LocalProtocolError
 from sporenet.protocols.wire import MAX_FRAME_SIZE
 
-from .carrier import (CarrierEvent, CarrierStats, Connected, ConnStats, DialFailed,
-                      Disconnected, EventCallback, FrameReceived, new_conn_id,
-                      split_endpoint)
+from .carrier import (
+    CarrierEvent,
+    CarrierStats,
+    Connected,
+    ConnStats,
+    DialFailed,
+    Disconnected,
+    EventCallback,
+    FrameReceived,
+    new_conn_id,
+    split_endpoint,
+)
 from .errors import TransportClosed, TransportError
+from .log_limit import LimitedLogger
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +101,7 @@ class MemoryCarrier:
         self._net = network
         self._send_buffer = send_buffer
         self._label = f"{name}{next(network.ids)}"
-        self._log = log.bind(carrier=self._label)
+        self._log = LimitedLogger(log.bind(carrier=self._label))
         self._cond = threading.Condition(network.lock)
         # guarded by network.lock:
         self._conns: dict[int, _Half] = {}
