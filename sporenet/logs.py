@@ -2,6 +2,12 @@
 
 ``SPORENET_LOG_FORMAT`` (console|json) and ``SPORENET_LOG_LEVEL`` override the
 config, so launchers such as ``sporenet demo`` can ask their children for JSON.
+
+The libraries under us (asyncio, aiohttp, pykka) log through the standard ``logging``
+module. Some of their lines a remote party can cause once per connection: asyncio
+prints a traceback for every failed ``accept`` when descriptors run out (1,408 of
+them in 8 s in a flood test). So the standard library's records go to one handler
+whose filter passes each message template through a ``LogLimiter`` too.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import os
 import sys
 
 import structlog
+
+from sporenet.transports.log_limit import LogLimiter
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -36,3 +44,34 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    _configure_stdlib(stream)
+
+
+class _RateLimitFilter(logging.Filter):
+    """Lets a record through only if its (logger, message template) bucket has a token;
+    the next one let through says how many were suppressed."""
+
+    def __init__(self, limiter: LogLimiter | None = None) -> None:
+        super().__init__()
+        self.limiter = limiter or LogLimiter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        dropped = self.limiter.allow((record.name, str(record.msg)[:200]))
+        if dropped is None:
+            return False
+        if dropped:
+            record.msg = f"{record.msg} [suppressed={dropped}]"
+        return True
+
+
+def _configure_stdlib(stream) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_sporenet", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream)
+    handler._sporenet = True  # type: ignore[attr-defined]
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    handler.addFilter(_RateLimitFilter())
+    root.addHandler(handler)

@@ -169,3 +169,24 @@ def test_every_log_line_a_peer_can_cause_is_rate_limited():
                 assert a.group(1).startswith("LimitedLogger("), \
                     f"{path.name}: {name} = {a.group(1)} is not a LimitedLogger"
     assert not plain, "log calls without a rate limit: " + "; ".join(plain)
+
+
+def test_library_lines_through_stdlib_logging_are_limited_too():
+    """asyncio prints a traceback per failed accept when descriptors run out; a
+    remote opener must not turn that into a line per connection."""
+    import io
+    import logging
+
+    from sporenet.logs import configure_logging
+    buf = io.StringIO()
+    try:
+        configure_logging("info", "json", stream=buf)
+        lib = logging.getLogger("asyncio")
+        for _ in range(1000):
+            lib.error("socket.accept() out of system resource", exc_info=OSError(24, "EMFILE"))
+        lib.warning("another template")
+        text = buf.getvalue()
+        assert text.count("socket.accept() out of system resource") == 5   # the burst
+        assert "another template" in text                                  # its own bucket
+    finally:
+        configure_logging("warning", "console")

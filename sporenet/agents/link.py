@@ -166,7 +166,7 @@ class LinkAgent(ProtocolAgent):
         stats = self._carrier.stats()
         return {**self.protocol.table.counters, "malformed_streams": stats.malformed_frames,
                 "pending_hello": stats.pending, "pending_evicted": stats.pending_evicted,
-                "accept_paused": stats.accept_paused}
+                "accept_paused": stats.accept_paused, "inbound_accepted": stats.accepted}
 
     def _info(self) -> dict:
         return {"listen": list(self._listening), "counters": self._counters(),
