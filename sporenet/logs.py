@@ -44,7 +44,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    _configure_stdlib(stream)
+    _configure_stdlib(stream, level)
 
 
 class _RateLimitFilter(logging.Filter):
@@ -64,7 +64,26 @@ class _RateLimitFilter(logging.Filter):
         return True
 
 
-def _configure_stdlib(stream) -> None:
+class _SummaryFormatter(logging.Formatter):
+    """One line per record: an exception shows as its type and message. A library's
+    traceback (pykka's for an agent that failed to start, say) is not the operator's
+    business, and the node reports the failure itself in one line (``sporenet up``
+    errors); at level debug the whole traceback is shown."""
+
+    def __init__(self, full_tracebacks: bool) -> None:
+        super().__init__("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+        self._full = full_tracebacks
+
+    def formatException(self, ei) -> str:  # noqa: N802 (logging's name)
+        if self._full:
+            return super().formatException(ei)
+        return f"  {ei[0].__name__}: {ei[1]}" if ei and ei[0] else ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return super().formatStack(stack_info) if self._full else ""
+
+
+def _configure_stdlib(stream, level: str) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_sporenet", False):
@@ -72,6 +91,9 @@ def _configure_stdlib(stream) -> None:
     handler = logging.StreamHandler(stream)
     handler._sporenet = True  # type: ignore[attr-defined]
     handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    handler.setFormatter(_SummaryFormatter(full_tracebacks=level == "debug"))
     handler.addFilter(_RateLimitFilter())
     root.addHandler(handler)
+    # pykka reports each actor failure with a traceback; the bundle reports the same
+    # failure as agent_state/bundle_failed (and ``sporenet up`` as one Error line).
+    logging.getLogger("pykka").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
