@@ -140,7 +140,8 @@ _CALL = _re.compile(r"\b([\w.]+)\.(debug|info|warning|error|exception|critical|m
 # Lines only the node's own operator causes (start, stop, local config), one or a few
 # per run: they may use a plain structlog logger. Everything else must be limited.
 LOCAL_EVENTS = {"agent_state", "bundle_started", "bundle_failed", "node_up", "node_stopped",
-                "bus_started", "bus_stopped", "api_listening", "tun_unavailable"}
+                "bus_started", "bus_stopped", "api_listening", "tun_unavailable", "tun_open",
+                "tun_stale_removed"}
 # receivers that are LimitedLogger instances (checked below where they are made)
 LIMITED = {"self.log", "self._log", "_bus_log", "_handler_log"}
 
