@@ -72,3 +72,21 @@ def test_a_missing_key_file_and_an_unknown_config_key(tmp_path):
     (tmp_path / "node.toml").write_text('listne = ["tcp://127.0.0.1:0"]\n')
     line = error_line(up("--config", str(tmp_path / "node.toml")))
     assert "listne" in line
+
+
+def test_without_cap_net_admin_a_tun_node_says_so_in_one_line(tmp_path):
+    """``sporenet up`` without ``--no-tun`` on a host where it may not make a TUN."""
+    import os
+    import shlex
+    import shutil
+    if shutil.which("capsh") is None or os.geteuid() != 0:
+        pytest.skip("needs root and capsh to start a node without CAP_NET_ADMIN")
+    key = tmp_path / "n.key"
+    write_key_file(key, generate_identity())
+    cmd = [*node_command(), "up", "--key-file", str(key), "--listen", "tcp://127.0.0.1:0",
+           "--api", "127.0.0.1:0", "--run-dir", str(tmp_path / "run")]
+    out = subprocess.run(["capsh", "--drop=cap_net_admin", "--", "-c", shlex.join(cmd)],
+                         capture_output=True, text=True, timeout=60,
+                         env=node_env({**os.environ, "SPORENET_LOG_FORMAT": "json"}))
+    line = error_line(out)
+    assert "CAP_NET_ADMIN" in line and "--no-tun" in line

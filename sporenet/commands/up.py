@@ -43,13 +43,20 @@ def command(config_path, key_file, listen, peer, api, run_dir, name, region, pro
     except (ConfigError, KeyFileError) as e:
         raise click.ClickException(str(e)) from None
     configure_logging(config.log_level, config.log_format)
+    if config.tun:  # say what is missing before anything starts (docs/tun.md)
+        from sporenet.transports.tun import TunUnavailable, tun_preflight
+        try:
+            tun_preflight()
+        except TunUnavailable as e:
+            raise click.ClickException(str(e)) from None
     from sporenet.node import Node  # heavy imports only once the config is known good
 
     try:
         node = Node(config, identity)
         if config.tun:
             node_log = __import__("structlog").get_logger("sporenet.node")
-            node_log.info("tun_unavailable", detail="the TUN bridge is not built yet; running userspace-only")
+            node_log.info("tun_unavailable", detail="the TUN data path is not built yet "
+                          "(docs/datapath.md); running userspace-only")
         node.run_forever()
     except (BundleError, BusError, ValueError, OSError) as e:  # ContractLoadError is a ValueError
         click.echo(f"Error: {e}", err=True)
