@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "sporenet"
 SHARED = {"wire", "identity", "base", "errors", "notices", "routed"}
 # subpackage of sporenet.protocols -> the subpackages it may import besides SHARED
 ALLOWED = {"link": set(), "routing": set(), "sessions": set(), "contracts": set(),
-           "overlay": {"sessions"}, "datapath": set()}
+           "overlay": {"sessions"}, "datapath": {"sessions"}}
 
 
 def module_name(path: pathlib.Path) -> str:

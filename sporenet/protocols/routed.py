@@ -74,6 +74,7 @@ class Proto(enum.IntEnum):
     E2E_DATA = 7
     TRACE_REQUEST = 8
     TRACE_REPLY = 9
+    IP_PACKET = 10  # an IP packet from a TUN, sealed under a data keypair (datapath/keys.py)
 
 
 class UnreachableReason(enum.IntEnum):

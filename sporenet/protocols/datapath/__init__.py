@@ -6,6 +6,7 @@ IPv6 header helpers they share. No sockets, fds, threads or clocks: the TUN brid
 ``transports/`` reads and writes; these only parse and build bytes.
 
 May import: the shared top modules (``wire``, ``identity``, ``base``, ``errors``,
-``notices``, ``routed``). Nothing from ``link``, ``routing``, ``sessions``,
+``notices``, ``routed``) and ``sessions`` (its replay window and key limits, so a data
+keypair keeps the same rules as a session's). Nothing from ``link``, ``routing``,
 ``contracts`` or ``overlay``: the data path gets their results as snapshots.
 """
