@@ -61,6 +61,7 @@ def test_errors_are_never_answered_with_errors():
     assert icmp6.should_answer(echo)                       # an echo request is not an error
     assert not icmp6.should_answer(ipv6(src=ipaddress.IPv6Address("ff02::1").packed))
     assert not icmp6.should_answer(ipv6(src=bytes(16)))
+    assert not icmp6.should_answer(ipv6(dst=ipaddress.IPv6Address("ff02::2").packed))
     assert not icmp6.should_answer(b"\x60short")
 
 

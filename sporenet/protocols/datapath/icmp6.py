@@ -57,14 +57,16 @@ def _is_icmp_error(packet: bytes | memoryview) -> bool:
 
 
 def should_answer(packet: bytes | memoryview) -> bool:
-    """May an ICMPv6 error answer this packet? Not an ICMPv6 error itself, and its
-    source a unicast address (not unspecified, multicast)."""
+    """May an ICMPv6 error answer this packet? Not an ICMPv6 error itself, not sent
+    to a multicast group, and from a unicast address (not unspecified, multicast)."""
     try:
-        src, _ = ipv6_addresses(packet)
+        src, dst = ipv6_addresses(packet)
     except DecodeError:
         return False
     addr = ipaddress.IPv6Address(src)
-    return not (addr.is_multicast or addr.is_unspecified or _is_icmp_error(packet))
+    if addr.is_multicast or addr.is_unspecified or dst[0] == 0xFF:  # §2.4 (e.3): not to multicast
+        return False
+    return not _is_icmp_error(packet)
 
 
 def checksum(src: bytes, dst: bytes, body: bytes) -> int:
