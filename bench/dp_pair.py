@@ -66,11 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     up = threading.Event()
 
     def on_event(ev: object) -> None:
+        # No hello here: every connection counts as the peer's link (a test may open more,
+        # to throw bad frames at the data path); the first one carries the route.
         if isinstance(ev, Connected):
-            dp.routes.value = {peer[:8]: ev.conn_id}
-            up.set()
+            dp.links.value = dp.links.value | {ev.conn_id}
+            if not up.is_set():
+                dp.routes.value = {peer[:8]: ev.conn_id}
+                up.set()
         elif isinstance(ev, Disconnected):
-            dp.routes.value = {}
+            dp.links.value = dp.links.value - {ev.conn_id}
 
     carrier = TcpCarrier(on_event, rx_filter=dp.rx, name="dp")
     if args.listen:

@@ -71,6 +71,10 @@ class DataPath:
         self._tun, self._address, self._prefix = tun, address, address[:_PREFIX]
         self._send, self._clock = send, clock
         self.routes = Snapshot({})        # dst /64 -> next-hop connection id
+        # connection ids of authenticated peer links: IP frames from anything else (a
+        # connection still in its hello, a non-member) are dropped, so no one who is not
+        # a member can inject packets or use this node as a relay
+        self.links = Snapshot(frozenset())
         self.keys = Snapshot(DataKeys())
         self.counters: Counter[str] = Counter()
         self._open_locks: dict[int, threading.Lock] = {}
@@ -160,6 +164,9 @@ class DataPath:
             return True
         if head is None:
             return False
+        if conn_id not in self.links.value:
+            c["unauthenticated_link"] += 1
+            return True
         _, dst, hop_limit, hops = head
         if dst[:_PREFIX] == self._prefix:
             self._deliver(frame, now)

@@ -109,16 +109,17 @@ class DataKeypair:
         ``parse_ip_data``, by one thread at a time. Raises ``DataRejected``."""
         if now - self.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             raise DataRejected("expired", f"data keypair {self.local_index:#010x} expired")
-        if not self._window.check(counter):
-            raise DataRejected("replayed", f"counter {counter} replayed or below the window")
+        # Tag before window, as the session keypair does: a forgery with a used counter
+        # counts as forged, so nobody on the path can inflate the replay count.
+        fresh = self._window.check(counter)
         view = memoryview(frame)
         try:
             plaintext = self._receiver.decrypt(_NONCE.pack(counter), view[HEADER_SIZE:],
                                                view[:HEADER_SIZE])
         except InvalidTag:
             raise DataRejected("forged", f"bad tag on counter {counter}") from None
-        if not self._window.accept(counter):  # only an authenticated frame moves it
-            raise DataRejected("replayed", f"counter {counter} replayed")
+        if not fresh or not self._window.accept(counter):  # only an authentic frame moves it
+            raise DataRejected("replayed", f"counter {counter} replayed or below the window")
         return plaintext
 
     def __repr__(self) -> str:
