@@ -30,7 +30,8 @@ import time
 from sporenet.logs import configure_logging
 from sporenet.protocols.datapath.keys import DataKeypair
 from sporenet.transports.carrier import Connected, Disconnected
-from sporenet.transports.datapath import DataKeys, DataPath
+from sporenet.protocols.datapath.tables import DataKeys, DataLinks, DataRoutes
+from sporenet.transports.datapath import DataPath
 from sporenet.transports.tcp import TcpCarrier
 from sporenet.transports.tun import TunDevice
 
@@ -61,20 +62,29 @@ def main(argv: list[str] | None = None) -> int:
     tun = TunDevice.open(args.tun, args.address, mtu=args.mtu)
     carrier: TcpCarrier | None = None
     dp = DataPath(tun, address=me, send=lambda c, f: carrier.send(c, f))
-    dp.keys.value = DataKeys(by_prefix={peer[:8]: kp}, by_index={local: kp},
+    dp.keys.value = DataKeys(by_prefix={peer[:8]: (kp, None)}, by_index={local: kp},
                              prefix_of={b"peer": peer[:8]})
+    peer_node = b"peer-node"  # the routes' next hop: a stand-in node id for the one link
+    dp.routes.value = DataRoutes(next_hop={peer[:8]: peer_node})
+    conns: dict[int, bytes] = {}
+
+    def set_links(first: int | None) -> None:
+        conn_of = {peer_node: first} if first is not None else {}
+        dp.links.value = DataLinks(conn_of=conn_of, node_of=dict(conns))
     up = threading.Event()
 
     def on_event(ev: object) -> None:
         # No hello here: every connection counts as the peer's link (a test may open more,
         # to throw bad frames at the data path); the first one carries the route.
         if isinstance(ev, Connected):
-            dp.links.value = dp.links.value | {ev.conn_id}
-            if not up.is_set():
-                dp.routes.value = {peer[:8]: ev.conn_id}
-                up.set()
+            conns[ev.conn_id] = peer_node
+            route = dp.links.value.conn_of.get(peer_node)
+            set_links(ev.conn_id if route is None else route)
+            up.set()
         elif isinstance(ev, Disconnected):
-            dp.links.value = dp.links.value - {ev.conn_id}
+            conns.pop(ev.conn_id, None)
+            route = dp.links.value.conn_of.get(peer_node)
+            set_links(None if route == ev.conn_id else route)
 
     carrier = TcpCarrier(on_event, rx_filter=dp.rx, name="dp")
     if args.listen:

@@ -100,6 +100,8 @@ class NodeConfig:
     name: str = ""                       # "": shown as the short node id
     region: str = ""                     # signed into route updates; "": no region
     tun: bool = True
+    tun_device: str = "sporenet0"        # the TUN's name (at most 15 bytes)
+    tun_mtu: int = 1420                  # the overlay MTU: the TUN's, and each packet's limit
     log_level: str = "info"
     log_format: str = "auto"
     agents: tuple[AgentSpec, ...] = ()
@@ -312,6 +314,21 @@ def _check_bool(value: Any, where: str, ctx: _Ctx) -> Any:
     return value
 
 
+def _check_device(value: Any, where: str, ctx: _Ctx) -> Any:
+    if (not isinstance(value, str) or not 0 < len(value.encode()) < 16 or "/" in value
+            or not value.isprintable() or value.strip() != value or " " in value):
+        return ctx.bad(where, value, 'is not a network device name; expected 1-15 bytes '
+                                     'without "/" or spaces, e.g. "sporenet0"')
+    return value
+
+
+def _check_mtu(value: Any, where: str, ctx: _Ctx) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1280 <= value <= 65_000:
+        return ctx.bad(where, value, "is not an IPv6 MTU; expected an integer from 1280 "
+                                     "(IPv6's minimum) to 65000, e.g. 1420")
+    return value
+
+
 def _check_name(value: Any, where: str, ctx: _Ctx) -> Any:
     if not isinstance(value, str) or len(value) > 64 or not value.isprintable():
         return ctx.bad(where, value, "is not a node name; expected printable text, at most 64 characters")
@@ -513,6 +530,8 @@ _TOP_KEYS: dict[str, Callable[[Any, str, _Ctx], Any]] = {
     "name": _check_name,
     "region": _check_region,
     "tun": _check_bool,
+    "tun_device": _check_device,
+    "tun_mtu": _check_mtu,
     "log_level": _choice(LOG_LEVELS, "log level"),
     "log_format": _choice(LOG_FORMATS, "log format"),
     "agents": _check_agents,
@@ -550,7 +569,8 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 _CLI_FLAGS = {"key_file": "--key-file", "listen": "--listen", "peers": "--peer", "api": "--api",
               "run_dir": "--run-dir", "name": "--name", "region": "--region",
-              "tun": "--tun/--no-tun", "contract": "--contract",
+              "tun": "--tun/--no-tun", "tun_device": "--tun-device", "tun_mtu": "--tun-mtu",
+              "contract": "--contract",
               "log_level": "--log-level", "log_format": "--log-format"}
 
 

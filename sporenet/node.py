@@ -40,6 +40,8 @@ from sporenet.agents.link import GetLinkInfo, LinkAgent
 from sporenet.agents.prober import ProberAgent
 from sporenet.agents.overlay import GetResult, OverlayAgent, StartTrace
 from sporenet.agents.router import ExplainRoute, FibHolder, GetRoutes, RouterAgent
+from sporenet.agents.tun import TunAgent
+from sporenet.transports.datapath import DataPlane
 from .user_api import UserApi
 from sporenet.transports.http_api import ApiError
 from sporenet.protocols.identity import Identity
@@ -50,7 +52,8 @@ from .config import NodeConfig
 
 log = structlog.get_logger("sporenet.node")
 BUILTIN_AGENTS = ("link", "prober", "router", "overlay", "api")
-RESERVED_AGENTS = BUILTIN_AGENTS + ("contract",)  # "contract" runs only with a contract
+# "contract" runs only with a contract, "tun" only with the TUN on
+RESERVED_AGENTS = BUILTIN_AGENTS + ("contract", "tun")
 EXPLAIN_TRACE_TIMEOUT = 2.0  # s: explain's path trace gives up after this
 
 
@@ -82,6 +85,13 @@ class Node:
         self.enforcement = points
         routes = user.routes()
         screen = InitiationScreen(ident.public_key)  # bad-mac1 msg1s die in the link's I/O thread
+        # The data path's shared holders (docs/datapath.md); its IP frames are taken off
+        # the link carrier's I/O thread whether or not a TUN runs
+        plane = self.plane = DataPlane()
+        routes["GET /v1/datapath"] = self._datapath
+
+        def rx_filter(conn: Any, frame: bytes, now: float) -> bool:
+            return screen.drop(conn, frame, now) or plane.rx(conn, frame, now)
         if enforced:
             routes.update({"GET /v1/contract": self._get_contract,
                            "POST /v1/contract": self._post_contract})
@@ -92,7 +102,7 @@ class Node:
                 "explain": self._explain, "extra_routes": routes,
                 "enforcement": None if points is None else points.snapshot}),
             AgentSpec("router", RouterAgent, options={"identity": ident, "fib_holder": fib,
-                                                      "region": c.region,
+                                                      "region": c.region, "plane": plane,
                                                       "admit": points and points.route()}),
             AgentSpec("overlay", OverlayAgent, requires=("router",),
                       options={"identity": ident, "fib_holder": fib, "topics": dict(c.topics),
@@ -104,7 +114,7 @@ class Node:
                                "reach": points and points.send(),
                                "session_accept": points and points.session(),
                                "allowed": points and self.contract.may_reach,
-                               "screen": screen}),
+                               "screen": screen, "plane": plane}),
             AgentSpec("prober", ProberAgent, options={"interval": c.prober.interval,
                                                       "window": c.prober.window,
                                                       "dead_after": c.prober.dead_after}),
@@ -112,8 +122,15 @@ class Node:
                       options={"identity": ident, "listen": list(c.listen),
                                "peers": list(c.peers), "name": c.name,
                                "admit": points and points.link(),
-                               "rx_filter": screen.drop}),
+                               "rx_filter": rx_filter, "plane": plane}),
         ]
+        if c.tun:
+            specs.append(AgentSpec("tun", TunAgent, requires=("link", "overlay"), options={
+                "identity": ident, "plane": plane, "device": c.tun_device, "mtu": c.tun_mtu,
+                "overlay": lambda: self.bundle.agent("overlay"),
+                "contract": self.contract if enforced else None}))
+            if points is not None:
+                points.tun(lambda: self._datapath().get("counters", {}))
         if enforced:
             specs.append(AgentSpec("contract", ContractAgent, requires=("link",), options={
                 "holder": self.contract, "ledger": c.contract.ledger,
@@ -123,6 +140,18 @@ class Node:
                 raise ValueError(f'agents: "{custom.name}" is a built-in agent name; choose another')
             specs.append(custom)
         return specs
+
+    def _datapath(self) -> dict[str, Any]:
+        """``GET /v1/datapath``: the TUN and the data path's counters (drops by reason)."""
+        engine = self.plane.engine
+        out: dict[str, Any] = {"tun": self.config.tun, "device": None, "counters": {}}
+        if engine is not None:
+            tun = engine.device
+            out.update(device=tun.name, address=str(tun.address), mtu=tun.mtu,
+                       offload=tun.offload, counters=engine.counters_snapshot())
+        for key, n in list(self.plane.counters.items()):
+            out["counters"][key] = out["counters"].get(key, 0) + n
+        return out
 
     def _get_contract(self) -> dict[str, Any]:
         return self.bundle.agent("contract").ask(GetContract(), timeout=5)

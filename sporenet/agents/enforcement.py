@@ -15,6 +15,12 @@ how many times it did.
 | ``route`` | on every route update | a route whose origin is not a current member |
 | ``session`` | on every handshake initiation to us | an initiator that may not reach us |
 | ``send`` | before our secured send to a peer | a destination we may not reach |
+| ``tun_out`` | each packet leaving the TUN | a destination we may not open flows to (replies pass) |
+| ``tun_in`` | each packet before the TUN | a source that may not reach us |
+
+The TUN points run on the data path's threads over its ``DataReach`` snapshot (built by
+the tun agent from the same holder); their refusals are the engine's counters
+``refused_out`` and ``refused_in``, read here through ``counts``.
 
 Each point is called from the one thread of the agent it was handed to, so its counter
 has one writer; readers (the API thread) see a plain int.
@@ -31,6 +37,9 @@ POINTS = {
     "route": "a route update whose origin is not a current member (not installed)",
     "session": "a handshake from an initiator the rules do not let reach us",
     "send": "a secured send to a destination the rules do not let us reach",
+    "tun_out": "an IP packet from our TUN to a destination the rules do not let us reach "
+               "(replies of its own flows pass)",
+    "tun_in": "an IP packet for our TUN from a source the rules do not let reach us",
 }
 
 
@@ -81,10 +90,20 @@ class Enforcement:
         """``(src_key, dst_key) -> bool`` for ``Overlay(reach=...)``."""
         return self._point("send", self.holder.may_reach)
 
+    def tun(self, counts: Callable[[], dict[str, int]]) -> None:
+        """The two TUN points; ``counts()`` gives the data path's counters."""
+        self._tun_counts = counts
+
     def snapshot(self) -> dict[str, Any]:
         c = self.holder.value
         points = {name: (self._points[name].row() if name in self._points else
                          {"active": False, "refuses": refuses, "refused": 0})
                   for name, refuses in POINTS.items()}
+        counts = getattr(self, "_tun_counts", None)
+        if counts is not None:
+            got = counts()
+            for name, key in (("tun_out", "refused_out"), ("tun_in", "refused_in")):
+                points[name] = {"active": True, "refuses": POINTS[name],
+                                "refused": int(got.get(key, 0))}
         return {"network": None if c is None else c.network,
                 "version": None if c is None else c.version, "points": points}

@@ -8,7 +8,9 @@ answers come back as ``LinkFrameOut``. Options: ``identity`` (an ``Identity``),
 refuses is disconnected; on ``ContractChanged`` every link is checked again),
 ``rx_filter`` (optional ``(conn, frame, now) -> bool``, run by the carrier's I/O
 thread on every inbound frame; True drops it before the actor: the session guard's
-``InitiationScreen``).
+``InitiationScreen``, the data path's IP frames), ``plane`` (optional
+``transports.datapath.DataPlane``: the agent hands it its carrier and, after every
+change, the authenticated links as a ``DataLinks`` snapshot).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pykka
+
 from sporenet.agents.contract import ContractChanged
 from sporenet.protocols import wire
 from sporenet.protocols.base import Publish
+from sporenet.protocols.datapath.tables import data_links
 from sporenet.protocols.errors import DecodeError
 from sporenet.protocols.link.dialer import Dial
 from sporenet.protocols.link.manager import DialFailed, LinkManager
@@ -72,12 +77,21 @@ class LinkAgent(ProtocolAgent):
     def make_protocol(self) -> LinkManager:
         identity = self.options["identity"]
         ref, clock = self.actor_ref, self.clock
-        self._carrier = TcpCarrier(lambda e: ref.tell(_Stamped(clock.now(), e)), name="tcp",
-                                   rx_filter=self.options.get("rx_filter"))
+        def to_actor(event: Any) -> None:  # on the carrier's I/O thread
+            try:
+                ref.tell(_Stamped(clock.now(), event))
+            except pykka.ActorDeadError:
+                pass  # stopping: the carrier's last events have nobody to go to
+
+        self._carrier = TcpCarrier(to_actor, name="tcp", rx_filter=self.options.get("rx_filter"))
         self._rx_time = 0.0
         # (peer, probe seq) -> how long the probe waited on the bus before it left.
         self._probe_delays: dict[tuple[bytes, int], float] = {}
         self._listening = tuple(self._carrier.listen(ep) for ep in self.options.get("listen", ()))
+        self._plane = self.options.get("plane")
+        self._links_seen: dict | None = None
+        if self._plane is not None:
+            self._plane.carrier = self._carrier
         return LinkManager(identity, peers=list(self.options.get("peers", ())),
                            rng=random.Random(os.urandom(16)), now=self.clock.now(),
                            listen_endpoint=self._listening[0] if self._listening else "",
@@ -95,6 +109,15 @@ class LinkAgent(ProtocolAgent):
                                  detail="not a current member of the network contract; link closed")
             return ok
         return check
+
+    def execute(self, actions: list) -> None:
+        super().execute(actions)
+        plane = getattr(self, "_plane", None)
+        if plane is not None and self.protocol is not None:
+            links = self.protocol.table.links()
+            if links != self._links_seen:
+                self._links_seen = links
+                plane.links.value = data_links(links.items())
 
     def dispatch_table(self) -> dict[type, Callable[[Any], None]]:
         return {**super().dispatch_table(), SendFrame: self._send, Dial: self._dial,
@@ -210,10 +233,19 @@ class LinkAgent(ProtocolAgent):
         if self.protocol is not None:
             self.execute(self.protocol.table.close_all())
             self._carrier.shutdown()
+        self._unplug()
         super().on_stop()
 
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         carrier = getattr(self, "_carrier", None)
         if carrier is not None:
             carrier.shutdown()
+        self._unplug()
         super().on_failure(exc_type, exc, tb)
+
+    def _unplug(self) -> None:
+        """The data path must not send on a carrier that is gone (a restart makes a new one)."""
+        plane = getattr(self, "_plane", None)
+        if plane is not None and plane.carrier is getattr(self, "_carrier", None):
+            plane.carrier = None
+            plane.links.value = data_links(())

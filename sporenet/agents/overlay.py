@@ -34,6 +34,12 @@ the link carrier runs on its I/O thread) adds the msg1s dropped there, before th
 (``bad_mac1_screened``, ``rate_limited_screened``; the guard's own ``bad_mac1`` counts
 those that got past it, e.g. on a link without the screen).
 
+Data path: option ``plane`` (a ``transports.datapath.DataPlane``) gives each session
+keypair a data keypair (``DataKeypair.from_session``) and publishes the data keys
+snapshot there whenever the keyring changes; the data path's ``OpenDataSession`` and
+``ConfirmDataKey`` (told from its threads) start a handshake and confirm a responder's
+keys.
+
 Contract: option ``reach`` (``(src_key, dst_key) -> bool``, the contract's
 ``may_reach``) makes the session manager refuse handshakes from initiators that may
 not reach us and the overlay refuse sends to keys we may not reach; on
@@ -54,6 +60,8 @@ from typing import Any, Callable
 import pykka
 
 from sporenet.protocols import wire
+from sporenet.protocols.datapath.keys import DataKeypair
+from sporenet.protocols.datapath.tables import data_keys
 from sporenet.protocols.errors import DecodeError, ProtocolError
 from sporenet.protocols.overlay.forwarding import RoutedReceived, SendToNeighbour, prefix_of_node
 from sporenet.protocols.overlay.forwarding import Forwarder
@@ -119,6 +127,20 @@ class GetSessions:
     "guard": {...}, "now": float}``: the rows of ``sporenet sessions``, the session
     manager's and the overlay's drop counters, the handshake flood guard's state and
     the agent's clock (``time.monotonic``, the scale of ``guard["under_load_since"]``)."""
+
+
+@dataclass(frozen=True)
+class OpenDataSession:
+    """From the data path: IP packets wait for a session with ``key`` (or it is due a rekey)."""
+
+    key: bytes
+
+
+@dataclass(frozen=True)
+class ConfirmDataKey:
+    """From the data path: an IP frame under our unconfirmed keypair ``index`` opened."""
+
+    index: int
 
 
 @dataclass(frozen=True)
@@ -196,11 +218,40 @@ class OverlayAgent(ProtocolAgent):
 
     def _session_manager(self, identity: Any) -> SessionManager:
         opts = dict(self.options.get("sessions") or {})
+        self._plane = self.options.get("plane")
+        self._keys_seen = -1
+        self._prefix_cache: dict[bytes, bytes] = {}
         return SessionManager(identity, rng=random.SystemRandom(),
+                              data_keys=None if self._plane is None else DataKeypair.from_session,
                               accept=self.options.get("session_accept"),
                               pq=bool(opts.get("pq", True)),
                               pq_required=bool(opts.get("pq_required", False)),
                               wall_offset=time.time() - self.clock.now())
+
+    def execute(self, actions: list) -> None:
+        super().execute(actions)
+        plane = getattr(self, "_plane", None)
+        ov = self.protocol
+        if plane is None or ov is None:
+            return
+        ring = ov.sessions.keyring
+        if ring.version != self._keys_seen:
+            self._keys_seen = ring.version
+            if len(self._prefix_cache) > 4 * len(ring) + 64:
+                self._prefix_cache.clear()
+            plane.publish_keys(data_keys(ring.slots(), ring.version, self._prefix_cache))
+
+    def on_message(self, message: Any) -> None:
+        ov = self.protocol
+        match message:
+            case OpenDataSession(key=key):
+                self.execute(ov.open_session(key, self.clock.now()))
+                self._rearm()
+            case ConfirmDataKey(index=index):
+                self.execute(ov.confirm_data_key(index, self.clock.now()))
+                self._rearm()
+            case _:
+                super().on_message(message)
 
     def _allow(self, endpoint: MessageEndpoint, topic: str,
                senders: tuple[str, ...] | None) -> None:

@@ -6,7 +6,9 @@ leave as ``LinkFrameOut``. The forwarding snapshot is ``Router.fib()``, an immut
 mapping swapped by reference, which the data path will read without asking.
 Options: ``identity``, ``region``, ``update_interval`` (seconds), ``admit`` (optional
 ``(public_key, now) -> bool``, the network contract: updates of other origins are
-dropped; on ``ContractChanged`` destinations no longer admitted are purged).
+dropped; on ``ContractChanged`` destinations no longer admitted are purged), ``plane``
+(optional ``transports.datapath.DataPlane``: each new FIB version is also published
+there as the data path's ``DataRoutes``, keyed by destination /64).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 from typing import Any, Callable
 
 from sporenet.protocols import wire
+from sporenet.protocols.datapath.tables import data_routes
 from sporenet.protocols.errors import DecodeError
 from sporenet.protocols.notices import LinkFrameIn, LinkFrameOut, LinkMeasured, PeerDown, PeerUp
 from sporenet.protocols.routing.table import (FrameFromNeighbour, LinkCostChanged, NeighbourDown,
@@ -68,8 +71,17 @@ class RouterAgent(ProtocolAgent):
     def execute(self, actions: list) -> None:
         super().execute(actions)
         holder = self.options.get("fib_holder")
-        if holder is not None and self.protocol is not None:
-            holder.value = self.protocol.fib()
+        if self.protocol is None:
+            return
+        fib = self.protocol.fib()
+        if holder is not None:
+            holder.value = fib
+        plane = self.options.get("plane")
+        # by identity: Router.fib() returns a new object only after a change, and a
+        # restarted router counts versions from 0 again
+        if plane is not None and getattr(self, "_fib_seen", None) is not fib:
+            self._fib_seen = fib
+            plane.routes.value = data_routes(fib, fib.public_keys, fib.version)
 
     def on_receive(self, message: Any) -> Any:
         match message:

@@ -26,16 +26,18 @@ from sporenet.transports.bus import BusError
 @click.option("--probe-interval", type=click.FloatRange(min=0.05), default=None,
               help="seconds between link probes (overrides [prober] interval; dead after 4x)")
 @click.option("--no-tun", is_flag=True, help="userspace only: do not create a TUN device")
+@click.option("--tun-device", help='name of the TUN device (default "sporenet0")')
+@click.option("--tun-mtu", type=int, help="MTU of the TUN device (default 1420)")
 @click.option("--contract", "contract", type=click.Path(dir_okay=False),
               help="network contract JSON file to enforce (overrides contract.file)")
 def command(config_path, key_file, listen, peer, api, run_dir, name, region, probe_interval,
-            no_tun, contract) -> None:
+            no_tun, tun_device, tun_mtu, contract) -> None:
     """Run a node in the foreground."""
     try:
         config = load_config(config_path) if config_path else NodeConfig()
         config = merge_cli(config, key_file=key_file, listen=listen, peers=peer, api=api,
                            run_dir=run_dir, name=name, region=region, tun=False if no_tun else None,
-                           contract=contract)
+                           tun_device=tun_device, tun_mtu=tun_mtu, contract=contract)
         if probe_interval is not None:
             config = dataclasses.replace(config, prober=dataclasses.replace(
                 config.prober, interval=probe_interval, dead_after=4 * probe_interval))
@@ -53,10 +55,6 @@ def command(config_path, key_file, listen, peer, api, run_dir, name, region, pro
 
     try:
         node = Node(config, identity)
-        if config.tun:
-            node_log = __import__("structlog").get_logger("sporenet.node")
-            node_log.info("tun_unavailable", detail="the TUN data path is not built yet "
-                          "(docs/datapath.md); running userspace-only")
         node.run_forever()
     except (BundleError, BusError, ValueError, OSError) as e:  # ContractLoadError is a ValueError
         click.echo(f"Error: {e}", err=True)

@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .. import wire
 from ..errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from ..routed import ADDRESS_SIZE, Proto
-from ..sessions.data import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TAG_SIZE
+from ..sessions.data import (REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+                             REKEY_AFTER_TIME, TAG_SIZE)
 from ..sessions.replay import ReplayWindow
 
 LABEL = b"sporenet ip v1"
@@ -65,7 +66,7 @@ class DataKeypair:
     """One direction pair of data keys; see the module docstring."""
 
     __slots__ = ("local_index", "remote_index", "peer", "created", "_sender",
-                 "_receiver", "_counter", "_window", "confirmed")
+                 "_receiver", "_counter", "_window", "confirmed", "initiator")
 
     def __init__(self, *, local_index: int, remote_index: int, send_key: bytes, recv_key: bytes,
                  peer: bytes, now: float, confirmed: bool = True) -> None:
@@ -78,6 +79,7 @@ class DataKeypair:
         # A responder's keypair is unconfirmed until a frame under it arrives
         # (WireGuard §5.4.7); the data path reports the first one to the overlay agent.
         self.confirmed = confirmed
+        self.initiator = confirmed  # only an initiator's keys are confirmed at birth
 
     @classmethod
     def from_session(cls, keys, now: float) -> DataKeypair:
@@ -92,6 +94,13 @@ class DataKeypair:
 
     def usable(self, now: float) -> bool:
         return self._counter < REJECT_AFTER_MESSAGES and now - self.created < REJECT_AFTER_TIME
+
+    def rekey_due(self, now: float) -> bool:
+        """The session keypair's rule (WireGuard §6.2): the initiator rekeys after
+        Rekey-After-Time, either side after Rekey-After-Messages."""
+        age = now - self.created
+        return ((self.initiator and age >= REKEY_AFTER_TIME) or age >= REJECT_AFTER_TIME
+                or self._counter >= REKEY_AFTER_MESSAGES)
 
     def seal(self, plaintext: bytes | memoryview, now: float) -> bytes:
         """One ``IpData`` frame. One thread only (the counter has one owner)."""

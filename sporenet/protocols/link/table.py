@@ -192,6 +192,10 @@ class LinkTable:
     def peers(self) -> list[PeerInfo]:
         return [self._info(self._conns[c]) for c in self._active.values() if c is not None]
 
+    def links(self) -> dict[bytes, Hashable]:
+        """``{node id: conn}`` of every authenticated peer link (the data path's view)."""
+        return {nid: c for nid, c in self._active.items() if c is not None}
+
     def connections(self) -> int:
         return len(self._conns)
 

@@ -113,6 +113,20 @@ class Overlay:
                 acts += self.sessions.remove_peer(row.peer)
         return self._run(acts, now)
 
+    def open_session(self, key: bytes, now: float) -> list[Action]:
+        """The data path has IP packets for ``key`` and no (fresh) keys: handshake.
+        The contract's send rule is the data path's to ask (its reach snapshot)."""
+        if self.sessions is None:
+            return []
+        self.counters["data_session_asked"] += 1
+        return self._run(self.sessions.rekey(key, now), now)
+
+    def confirm_data_key(self, index: int, now: float) -> list[Action]:
+        """A data frame under our unconfirmed keypair ``index`` opened: key confirmation."""
+        if self.sessions is None:
+            return []
+        return self._run(self.sessions.confirm(index, now), now)
+
     def public_key_of(self, address) -> bytes | None:
         packed = address.packed
         return self._fib_keys.get(packed) or self._neighbour_keys.get(packed)

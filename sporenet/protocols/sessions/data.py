@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import ClassVar, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -153,7 +154,8 @@ class Keypair:
     """
 
     __slots__ = ("local_index", "remote_index", "peer", "initiator", "created",
-                 "_sender", "_receiver", "_send_counter", "_window", "replayed", "forged")
+                 "_sender", "_receiver", "_send_counter", "_window", "replayed", "forged",
+                 "data")
 
     def __init__(self, keys: HandshakeKeys, now: float) -> None:
         if len(keys.send_key) != KEY_SIZE or len(keys.recv_key) != KEY_SIZE:
@@ -171,6 +173,9 @@ class Keypair:
         self._window = ReplayWindow(limit=REJECT_AFTER_MESSAGES)
         self.replayed = 0
         self.forged = 0
+        # The data path's keypair made from the same handshake (KeyRing's ``data_keys``
+        # factory): it lives and dies with this one, and never shares its counter.
+        self.data: object | None = None
 
     @property
     def send_counter(self) -> int:
@@ -271,9 +276,14 @@ class KeyRing:
     the handshake layer which indices it may reuse.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, data_keys: Callable[[HandshakeKeys, float], object] | None = None) -> None:
         self._peers: dict[bytes, _Slots] = {}
         self._by_index: dict[int, Keypair] = {}
+        # ``data_keys(keys, now)`` makes the data path's companion of each keypair
+        # (``datapath.keys.DataKeypair.from_session``); ``version`` moves whenever a
+        # keypair is added, dropped or changes slot, so a reader knows when to look again.
+        self._data_keys = data_keys
+        self.version = 0
         self.rejected: dict[str, int] = {"unknown_index": 0, "replayed": 0, "forged": 0,
                                          "expired": 0}
 
@@ -288,6 +298,9 @@ class KeyRing:
         kp = Keypair(keys, now)
         if kp.local_index in self._by_index:
             raise LocalProtocolError(f"receiver index {kp.local_index:#010x} already in use")
+        if self._data_keys is not None:
+            kp.data = self._data_keys(keys, now)
+        self.version += 1
         slots = self._peers.setdefault(kp.peer, _Slots())
         dropped: list[Keypair | None]
         if kp.initiator:
@@ -310,7 +323,29 @@ class KeyRing:
         for kp in keypairs:
             if kp is not None and self._by_index.pop(kp.local_index, None) is kp:
                 acts.append(ReleaseIndex(kp.local_index))
+        if acts:
+            self.version += 1
         return acts
+
+    def confirm(self, index: int) -> list[Action]:
+        """The data path opened a frame under our ``next`` keypair ``index``: the same
+        key confirmation as a data frame here (next becomes current). Anything else
+        (already current, gone) is a no-op."""
+        kp = self._by_index.get(index)
+        if kp is None:
+            return []
+        s = self._peers[kp.peer]
+        if kp is not s.next:
+            return []
+        acts = self._release([s.previous])
+        s.previous, s.current, s.next = s.current, kp, None
+        self.version += 1
+        return acts
+
+    def slots(self) -> Iterator[tuple[bytes, Keypair | None, Keypair | None, Keypair | None]]:
+        """``(peer, previous, current, next)`` of every peer with keys."""
+        for peer, s in self._peers.items():
+            yield peer, s.previous, s.current, s.next
 
     def keypairs(self, peer: bytes) -> tuple[Keypair | None, Keypair | None, Keypair | None]:
         """``(previous, current, next)`` of ``peer``."""
@@ -362,6 +397,7 @@ class KeyRing:
             # Key confirmation (WireGuard ``ReceivedWithKeypair``): next becomes current.
             self._release([s.previous])
             s.previous, s.current, s.next = s.current, kp, None
+            self.version += 1
         if plaintext and s.keepalive_at is None:
             # Passive keepalive: answer data (not keepalives) within 10 s.
             s.keepalive_at = now + KEEPALIVE_TIMEOUT
@@ -385,6 +421,7 @@ class KeyRing:
                     acts += self._release([kp])
             if not s.keypairs():
                 del self._peers[peer]
+                self.version += 1
                 continue
             if s.keepalive_at is not None and now >= s.keepalive_at:
                 s.keepalive_at = None
@@ -395,7 +432,10 @@ class KeyRing:
     def remove_peer(self, peer: bytes) -> list[Action]:
         """Forget every keypair of ``peer`` (revoked, or its static key rotated)."""
         s = self._peers.pop(peer, None)
-        return self._release(s.keypairs()) if s else []
+        if s is None:
+            return []
+        self.version += 1
+        return self._release(s.keypairs())
 
     def __len__(self) -> int:
         return len(self._by_index)

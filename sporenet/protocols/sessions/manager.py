@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 from .. import wire
 from ..base import Action, Event, Publish
@@ -87,14 +87,15 @@ class SessionManager:
                  pq_required: bool = False, accept: Callable[[bytes], bool] | None = None,
                  dh: Dh = x25519, queue_limit: int = QUEUE_LIMIT, wall_offset: float = 0.0,
                  guard: HandshakeGuard | None = None,
-                 timestamps: TimestampSource | None = None) -> None:
+                 timestamps: TimestampSource | None = None,
+                 data_keys: Callable[[Any, float], object] | None = None) -> None:
         if pq_required:
             require_mlkem()  # a hard error: the contract demands what this node lacks
         self.public_key = identity.public_key
         self.static = StaticKey(identity)
         self.pq = (pq or pq_required) and mlkem_available()
         self.pq_required = pq_required
-        self.keyring = KeyRing()
+        self.keyring = KeyRing(data_keys)  # data_keys: the data path's keypair factory
         self.guard = guard if guard is not None else HandshakeGuard()
         self.counters: Counter[str] = Counter()
         dh = _counting(dh, self.counters)
@@ -179,6 +180,11 @@ class SessionManager:
     def rekey(self, peer: bytes, now: float) -> list[Action]:
         """Start a new handshake with ``peer`` now (the current keys keep working)."""
         return self._start_handshake(self._peer(peer), now)
+
+    def confirm(self, index: int, now: float) -> list[Action]:
+        """The data path opened a frame under our unconfirmed keypair ``index``: key
+        confirmation, as a session data frame under it would be."""
+        return self._keyring_actions(self.keyring.confirm(index), now)
 
     def remove_peer(self, peer: bytes) -> list[Action]:
         """Forget ``peer`` (revoked by the contract): keys, queue, psk, attempt."""
