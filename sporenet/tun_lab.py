@@ -160,6 +160,19 @@ class TunLab:
         except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError):
             return None
 
+    def post(self, node: LabNode, path: str, body: Any) -> Any:
+        """``POST path`` with a JSON body on the node's API; its JSON answer (or error)."""
+        code = ("import sys, urllib.request, urllib.error\n"
+                f"r = urllib.request.Request('http://{API}' + sys.argv[1], data=sys.stdin.buffer.read(),"
+                " headers={'Content-Type': 'application/json'}, method='POST')\n"
+                "try:\n"
+                "    print(urllib.request.urlopen(r, timeout=5).read().decode())\n"
+                "except urllib.error.HTTPError as e:\n"
+                "    print(e.read().decode())\n")
+        out = subprocess.run(["ip", "netns", "exec", node.ns, sys.executable, "-c", code, path],
+                             input=json.dumps(body), capture_output=True, text=True, timeout=15)
+        return json.loads(out.stdout or "null")
+
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str],
                  node: LabNode | None = None, interval: float = 0.2) -> Any:
         deadline = time.monotonic() + timeout

@@ -253,10 +253,14 @@ class DataPath:
             return
         prefix = dst[:_PREFIX]
         reach = self.reach.value
-        if not reach.may_send(prefix) and not self._reply_ok(frame, prefix, reach, now):
-            c["refused_out"] += 1  # the contract: we may not open flows to it
-            self._icmp_back(frame, icmp6.CODE_ADMIN_PROHIBITED)
-            return
+        if not reach.may_send(prefix):
+            if not self._reply_ok(frame, prefix, reach, now):
+                c["refused_out"] += 1  # the contract: we may not open flows to it
+                self._icmp_back(frame, icmp6.CODE_ADMIN_PROHIBITED)
+                return
+        elif not reach.may_accept(prefix):  # it may not reach us: let its replies in
+            with self._flows_lock:
+                self._flows.saw_outbound(memoryview(frame)[vnet.SIZE:], prefix, now)
         routes = self.routes.value
         hop = routes.next_hop.get(prefix)
         conn = self.links.value.conn_of.get(hop) if hop is not None else None
@@ -426,8 +430,12 @@ class DataPath:
         self._unanswered.pop(src_prefix, None)
         reach = self.reach.value
         if not reach.may_accept(src_prefix):
-            c["refused_in"] += 1  # the contract: it may not reach us
-            return
+            with self._flows_lock:
+                reply = (reach.members is None or src_prefix in reach.members) and \
+                    self._flows.is_reply_in(packet, src_prefix, now)
+            if not reply:
+                c["refused_in"] += 1  # the contract: it may not reach us
+                return
         if not reach.may_send(src_prefix):  # we may not reach it: only replies go back
             with self._flows_lock:
                 self._flows.saw_inbound(packet, src_prefix, now)

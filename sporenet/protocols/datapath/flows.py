@@ -24,7 +24,8 @@ _TCP, _UDP, _ICMP6 = 6, 17, 58
 _ECHO_REQUEST, _ECHO_REPLY = 128, 129
 
 
-def _key(packet: bytes | memoryview, peer_prefix: bytes, inbound: bool) -> tuple | None:
+def _key(packet: bytes | memoryview, peer_prefix: bytes, inbound: bool,
+         opening: bool) -> tuple | None:
     """The flow key as seen from our side, or None for what never counts as a reply
     (IPv6 extension headers, ICMPv6 other than echo, fragments)."""
     if len(packet) < IPV6_HEADER_SIZE + 4:
@@ -37,41 +38,59 @@ def _key(packet: bytes | memoryview, peer_prefix: bytes, inbound: bool) -> tuple
         return (peer_prefix, proto, ours, theirs)
     if proto == _ICMP6 and len(packet) >= IPV6_HEADER_SIZE + 6:
         kind = packet[l4]
-        if kind != (_ECHO_REQUEST if inbound else _ECHO_REPLY):
+        if kind != (_ECHO_REQUEST if opening else _ECHO_REPLY):
             return None
         return (peer_prefix, proto, (packet[l4 + 4] << 8) | packet[l4 + 5], 0)
     return None
 
 
 class ReplyFlows:
+    """Flows one side opened, for the other side's replies: ``saw_inbound`` /
+    ``is_reply`` for flows a peer opened to us (our replies out), ``saw_outbound`` /
+    ``is_reply_in`` for flows we opened to a peer that may not reach us (its replies in)."""
+
     def __init__(self, limit: int = MAX_FLOWS, idle: float = FLOW_IDLE) -> None:
-        self._flows: dict[tuple, float] = {}  # key -> last inbound packet time
+        self._flows: dict[tuple, float] = {}  # key -> last packet time of the opener
         self._limit, self._idle = limit, idle
         self.refused_full = 0
 
     def saw_inbound(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> None:
         """A packet from a peer we may not reach was delivered: its replies may go back."""
-        key = _key(packet, peer_prefix, inbound=True)
+        self._note(("in",) + (_key(packet, peer_prefix, True, True) or (None,)), now)
+
+    def saw_outbound(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> None:
+        """We sent a packet to a peer that may not reach us: its replies may come in."""
+        self._note(("out",) + (_key(packet, peer_prefix, False, True) or (None,)), now)
+
+    def is_reply_in(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> bool:
+        key = _key(packet, peer_prefix, True, False)
         if key is None:
+            return False
+        seen = self._flows.get(("out",) + key)
+        return seen is not None and now - seen < self._idle
+
+    def _note(self, key: tuple, now: float) -> None:
+        if key[-1] is None and len(key) == 2:
             return
         flows = self._flows
         if key not in flows and len(flows) >= self._limit:
             self._expire(now)
+            flows = self._flows
             if len(flows) >= self._limit:
                 self.refused_full += 1
                 return
         flows[key] = now
 
     def is_reply(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> bool:
-        key = _key(packet, peer_prefix, inbound=False)
+        key = _key(packet, peer_prefix, False, False)
         if key is None:
             return False
-        seen = self._flows.get(key)
+        seen = self._flows.get(("in",) + key)
         return seen is not None and now - seen < self._idle
 
     def forget(self, keep: frozenset[bytes] | set[bytes]) -> None:
         """Drop the flows of peers not in ``keep`` (a revoked member's replies stop too)."""
-        self._flows = {k: t for k, t in self._flows.items() if k[0] in keep}
+        self._flows = {k: t for k, t in self._flows.items() if k[1] in keep}
 
     def _expire(self, now: float) -> None:
         idle = self._idle
