@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -47,7 +47,7 @@ class LabNode:
     address: str                # its overlay address
     peers: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
-    extra: tuple[str, ...] = field(default_factory=tuple)
+    also_listen: tuple[str, ...] = ()  # underlay addresses of its next veths
 
     @property
     def pid(self) -> int | None:
@@ -97,19 +97,19 @@ class TunLab:
                 _sh("ip", "-n", ns, "addr", "add", f"10.203.{k}.2/24", "dev", right)
                 _sh("ip", "-n", prev.ns, "link", "set", left, "up")
                 _sh("ip", "-n", ns, "link", "set", right, "up")
-                prev.extra += (f"10.203.{k}.1",)
+                prev.also_listen += (f"10.203.{k}.1",)
                 node.underlay = f"10.203.{k}.2"
                 node.peers = (f"tcp://10.203.{k}.1:{PORT}",)
             self.nodes[name] = node
             prev = node
         for node in self.nodes.values():  # the first node listens on its first veth
             if not node.underlay:
-                node.underlay = node.extra[0] if node.extra else "127.0.0.1"
+                node.underlay = node.also_listen[0] if node.also_listen else "127.0.0.1"
         return self
 
     def start(self, name: str) -> LabNode:
         node = self.nodes[name]
-        listens = {node.underlay, *node.extra}
+        listens = {node.underlay, *node.also_listen}
         args = ["ip", "netns", "exec", node.ns, *node_command(), "up",
                 "--key-file", str(node.key_file), "--api", API, "--run-dir", str(node.run_dir),
                 "--name", name, *self.extra_args]

@@ -68,6 +68,7 @@ class Enforcement:
     def __init__(self, holder: ContractHolder, public_key: bytes) -> None:
         self.holder, self._me = holder, public_key
         self._points: dict[str, EnforcementPoint] = {}
+        self._tun_counts: Callable[[], dict[str, int]] | None = None
 
     def _point(self, name: str, check: Callable[..., bool]) -> EnforcementPoint:
         point = self._points[name] = EnforcementPoint(name, check)
@@ -99,9 +100,8 @@ class Enforcement:
         points = {name: (self._points[name].row() if name in self._points else
                          {"active": False, "refuses": refuses, "refused": 0})
                   for name, refuses in POINTS.items()}
-        counts = getattr(self, "_tun_counts", None)
-        if counts is not None:
-            got = counts()
+        if self._tun_counts is not None:
+            got = self._tun_counts()
             for name, key in (("tun_out", "refused_out"), ("tun_in", "refused_in")):
                 points[name] = {"active": True, "refuses": POINTS[name],
                                 "refused": int(got.get(key, 0))}

@@ -48,9 +48,15 @@ from typing import ClassVar
 
 from . import wire
 from .errors import DecodeError, LocalProtocolError
+from .identity import address_of_node_id
 
 ADDRESS_SIZE = 16
 PREFIX_SIZE = 8  # a node owns the /64: the first 8 bytes of its address
+
+
+def prefix_of_node(node_id: bytes) -> bytes:
+    """The /64 key of the node with ``node_id`` (its address is derived from the id)."""
+    return address_of_node_id(node_id).packed[:PREFIX_SIZE]
 ROUTED_HEADER_SIZE = ADDRESS_SIZE * 2 + 3
 MAX_ROUTED_PAYLOAD = wire.MAX_FRAME_SIZE - wire.HEADER_SIZE - ROUTED_HEADER_SIZE
 MAX_TOPIC_BYTES = 0xFF

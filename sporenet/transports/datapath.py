@@ -262,25 +262,21 @@ class DataPath:
             with self._flows_lock:
                 self._flows.saw_outbound(memoryview(frame)[vnet.SIZE:], prefix, now)
         routes = self.routes.value
-        hop = routes.next_hop.get(prefix)
-        conn = self.links.value.conn_of.get(hop) if hop is not None else None
+        conn = _next_conn(routes, self.links.value, prefix)
         if conn is None:
             c["no_route"] += 1
             self._icmp_back(frame, icmp6.CODE_NO_ROUTE)
             return
-        slot = self.keys.value.by_prefix.get(prefix)
-        kp = None
-        if slot is not None:
-            cur, nxt = slot
-            kp = nxt if nxt is not None and nxt.confirmed else cur
-        if kp is None or not kp.usable(now):
+        kp = _sealer(self.keys.value, prefix, now)
+        if kp is None:
             self._queue(prefix, frame, now, routes.key_of.get(prefix))
             return
         since = self._unanswered.setdefault(prefix, now)
-        if kp.rekey_due(now) or now - since >= NO_ANSWER_REKEY:
-            if now - since >= NO_ANSWER_REKEY:
-                self._unanswered[prefix] = now
-                c["no_answer_rekey"] += 1
+        if now - since >= NO_ANSWER_REKEY:
+            self._unanswered[prefix] = now
+            c["no_answer_rekey"] += 1
+            self._ask(prefix, routes.key_of.get(prefix), now)
+        elif kp.rekey_due(now):
             self._ask(prefix, routes.key_of.get(prefix), now)
         self._seal_send(kp, conn, frame, dst, now)
 
@@ -340,14 +336,9 @@ class DataPath:
         """Send what waited for a session that now has keys; drop what waited too long."""
         keys_now, links, routes = self.keys.value, self.links.value, self.routes.value
         for prefix, q in list(self._pending.items()):
-            slot = keys_now.by_prefix.get(prefix)
-            kp = None
-            if slot is not None:
-                cur, nxt = slot
-                kp = nxt if nxt is not None and nxt.confirmed else cur
-            hop = routes.next_hop.get(prefix)
-            conn = links.conn_of.get(hop) if hop is not None else None
-            if kp is not None and kp.usable(now) and conn is not None:
+            kp = _sealer(keys_now, prefix, now)
+            conn = _next_conn(routes, links, prefix)
+            if kp is not None and conn is not None:
                 while q:
                     _, frame = q.popleft()
                     self._pending_count -= 1
@@ -452,8 +443,7 @@ class DataPath:
         if hop_limit <= 1:
             c["hop_limit"] += 1
             return
-        hop = self.routes.value.next_hop.get(dst[:_PREFIX])
-        conn = self.links.value.conn_of.get(hop) if hop is not None else None
+        conn = _next_conn(self.routes.value, self.links.value, dst[:_PREFIX])
         if conn is None:
             c["transit_no_route"] += 1
             return
@@ -470,3 +460,20 @@ class DataPath:
             with self._locks_guard:
                 lock = self._open_locks.setdefault(index, threading.Lock())
         return lock
+
+
+def _next_conn(routes: DataRoutes, links: DataLinks, prefix: bytes) -> int | None:
+    """The connection of the next hop towards ``prefix``, if we route there and the link is up."""
+    hop = routes.next_hop.get(prefix)
+    return None if hop is None else links.conn_of.get(hop)
+
+
+def _sealer(data_keys: DataKeys, prefix: bytes, now: float) -> DataKeypair | None:
+    """The keypair to seal to ``prefix`` under: ``next`` once the peer confirmed it (a
+    frame under it opened here), else ``current``; None if neither can seal now."""
+    slot = data_keys.by_prefix.get(prefix)
+    if slot is None:
+        return None
+    cur, nxt = slot
+    kp = nxt if nxt is not None and nxt.confirmed else cur
+    return kp if kp is not None and kp.usable(now) else None

@@ -56,36 +56,35 @@ class ReplyFlows:
 
     def saw_inbound(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> None:
         """A packet from a peer we may not reach was delivered: its replies may go back."""
-        self._note(("in",) + (_key(packet, peer_prefix, True, True) or (None,)), now)
+        self._note("in", _key(packet, peer_prefix, True, True), now)
 
     def saw_outbound(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> None:
         """We sent a packet to a peer that may not reach us: its replies may come in."""
-        self._note(("out",) + (_key(packet, peer_prefix, False, True) or (None,)), now)
-
-    def is_reply_in(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> bool:
-        key = _key(packet, peer_prefix, True, False)
-        if key is None:
-            return False
-        seen = self._flows.get(("out",) + key)
-        return seen is not None and now - seen < self._idle
-
-    def _note(self, key: tuple, now: float) -> None:
-        if key[-1] is None and len(key) == 2:
-            return
-        flows = self._flows
-        if key not in flows and len(flows) >= self._limit:
-            self._expire(now)
-            flows = self._flows
-            if len(flows) >= self._limit:
-                self.refused_full += 1
-                return
-        flows[key] = now
+        self._note("out", _key(packet, peer_prefix, False, True), now)
 
     def is_reply(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> bool:
-        key = _key(packet, peer_prefix, False, False)
+        """A packet leaving for ``peer_prefix`` answers a flow it opened to us."""
+        return self._seen("in", _key(packet, peer_prefix, False, False), now)
+
+    def is_reply_in(self, packet: bytes | memoryview, peer_prefix: bytes, now: float) -> bool:
+        """A packet from ``peer_prefix`` answers a flow we opened to it."""
+        return self._seen("out", _key(packet, peer_prefix, True, False), now)
+
+    def _note(self, opener: str, key: tuple | None, now: float) -> None:
+        if key is None:
+            return
+        key = (opener, *key)
+        if key not in self._flows and len(self._flows) >= self._limit:
+            self._expire(now)
+            if len(self._flows) >= self._limit:
+                self.refused_full += 1
+                return
+        self._flows[key] = now
+
+    def _seen(self, opener: str, key: tuple | None, now: float) -> bool:
         if key is None:
             return False
-        seen = self._flows.get(("in",) + key)
+        seen = self._flows.get((opener, *key))
         return seen is not None and now - seen < self._idle
 
     def forget(self, keep: frozenset[bytes] | set[bytes]) -> None:

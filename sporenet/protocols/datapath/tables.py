@@ -15,17 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..identity import address_of, address_of_node_id
-
-PREFIX_SIZE = 8
+from ..identity import address_of
+from ..routed import PREFIX_SIZE, prefix_of_node
 
 
 def prefix_of_key(public_key: bytes) -> bytes:
     return address_of(public_key).packed[:PREFIX_SIZE]
-
-
-def prefix_of_node(node_id: bytes) -> bytes:
-    return address_of_node_id(node_id).packed[:PREFIX_SIZE]
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ from typing import Callable, Mapping
 from .. import wire
 from ..base import Action, Event
 from ..errors import DecodeError, LocalProtocolError
-from ..identity import Identity, _address_from_node_id
-from ..routed import (MAX_ROUTED_PAYLOAD, MAX_TRACE_RECORDS, PREFIX_SIZE,
+from ..identity import Identity
+from ..routed import (MAX_ROUTED_PAYLOAD, MAX_TRACE_RECORDS, PREFIX_SIZE, prefix_of_node,
                                TRACE_TRUNCATED, Proto, Routed, TraceRecord, TraceRequest,
                                Unreachable, UnreachableReason, pack_address)
 
@@ -240,11 +240,6 @@ class Forwarder:
 def prefix_of(address: bytes | ipaddress.IPv6Address | str) -> bytes:
     """The /64 key a FIB uses for ``address``: its first 8 bytes."""
     return pack_address(address)[:PREFIX_SIZE]
-
-
-def prefix_of_node(node_id: bytes) -> bytes:
-    """The /64 key of the node with ``node_id`` (its address is derived from the id)."""
-    return _address_from_node_id(node_id).packed[:PREFIX_SIZE]
 
 
 def prefix_fib(fib: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
