@@ -124,8 +124,9 @@ class GetResult:
 @dataclass(frozen=True)
 class GetSessions:
     """``ask`` it: ``{"sessions": [SessionRow.as_dict(), ...], "counters": {...},
-    "guard": {...}, "now": float}``: the rows of ``sporenet sessions``, the session
-    manager's and the overlay's drop counters, the handshake flood guard's state and
+    "forwarding": {...}, "guard": {...}, "now": float}``: the rows of ``sporenet sessions``,
+    the session manager's and the overlay's drop counters, the routed packets this node
+    originated, delivered, forwarded or dropped (by reason), the handshake flood guard's state and
     the agent's clock (``time.monotonic``, the scale of ``guard["under_load_since"]``)."""
 
 
@@ -245,6 +246,7 @@ class OverlayAgent(ProtocolAgent):
         ov = self.protocol
         match message:
             case OpenDataSession(key=key):
+                self._refresh_fib()   # the msg1 goes out by the latest routes
                 self.execute(ov.open_session(key, self.clock.now()))
                 self._rearm()
             case ConfirmDataKey(index=index):
@@ -354,7 +356,8 @@ class OverlayAgent(ProtocolAgent):
                         if n:
                             counters[key] = n
                 return {"sessions": [r.as_dict() for r in ov.sessions.sessions(now)],
-                        "counters": counters, "guard": guard, "now": now}
+                        "counters": counters, "forwarding": dict(ov.forwarder.counters),
+                        "guard": guard, "now": now}
             case TakeMessages(topic=topic, limit=limit):
                 taken = [m for m in self._inbox if topic is None or m["topic"] == topic][:limit]
                 for m in taken:

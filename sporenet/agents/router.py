@@ -69,19 +69,22 @@ class RouterAgent(ProtocolAgent):
         return {**super().dispatch_table(), SendToNeighbour: self._send}
 
     def execute(self, actions: list) -> None:
+        # The snapshots first, then the actions: the overlay reads the holder when our
+        # RoutesChanged reaches it, so a notice sent before the swap would leave it on the
+        # old table until some later notice (seen on a loaded host as a handshake with
+        # "no_route" to a peer the router had a route to).
+        if self.protocol is not None:
+            fib = self.protocol.fib()
+            holder = self.options.get("fib_holder")
+            if holder is not None:
+                holder.value = fib
+            plane = self.options.get("plane")
+            # by identity: Router.fib() returns a new object only after a change, and a
+            # restarted router counts versions from 0 again
+            if plane is not None and getattr(self, "_fib_seen", None) is not fib:
+                self._fib_seen = fib
+                plane.routes.value = data_routes(fib, fib.public_keys, fib.version)
         super().execute(actions)
-        holder = self.options.get("fib_holder")
-        if self.protocol is None:
-            return
-        fib = self.protocol.fib()
-        if holder is not None:
-            holder.value = fib
-        plane = self.options.get("plane")
-        # by identity: Router.fib() returns a new object only after a change, and a
-        # restarted router counts versions from 0 again
-        if plane is not None and getattr(self, "_fib_seen", None) is not fib:
-            self._fib_seen = fib
-            plane.routes.value = data_routes(fib, fib.public_keys, fib.version)
 
     def on_receive(self, message: Any) -> Any:
         match message:
