@@ -13,17 +13,17 @@ Root only (CI runs as root).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from sporenet.tun_lab import TunLab
+from sporenet.local_mesh import node_command, node_env
+from sporenet.tun_lab import API, TunLab
+from sporenet.tun_probes import in_ns, line_of, ping, routed, transfer
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
@@ -31,48 +31,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 MARKER = b"SPORENET-NODE-PLAINTEXT-MARKER-"
 SIZE = 50 * 1024 * 1024
-
-PING = """
-import socket, struct, sys, time, json
-s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-s.settimeout(1.0)
-ok, rtts = 0, []
-for i in range(int(sys.argv[2])):
-    t = time.monotonic()
-    s.sendto(struct.pack("!BBHHH", 128, 0, 0, 4242, i) + b"p" * 56, (sys.argv[1], 0))
-    try:
-        while True:
-            d, _ = s.recvfrom(2048)
-            if d[0] == 129 and struct.unpack("!HH", d[4:8]) == (4242, i):
-                ok += 1; rtts.append((time.monotonic() - t) * 1000); break
-    except socket.timeout:
-        pass
-print(json.dumps({"ok": ok, "rtts": rtts}))
-"""
-
-SINK = """
-import hashlib, json, socket, sys
-s = socket.socket(socket.AF_INET6)
-s.bind((sys.argv[1], 5001)); s.listen(); s.settimeout(60)
-print(json.dumps({"listening": True}), flush=True)
-c, _ = s.accept(); c.settimeout(60)
-h, n = hashlib.sha256(), 0
-while (d := c.recv(1 << 20)):
-    h.update(d); n += len(d)
-print(json.dumps({"bytes": n, "sha256": h.hexdigest()}), flush=True)
-"""
-
-SEND = """
-import socket, sys, time
-data = sys.stdin.buffer.read()
-for _ in range(50):
-    try:
-        s = socket.create_connection((sys.argv[1], 5001), timeout=30); break
-    except OSError:
-        time.sleep(0.2)
-s.sendall(data)
-s.close()
-"""
 
 CAPTURE = """
 import json, select, signal, socket, struct, sys, time
@@ -97,27 +55,6 @@ while time.monotonic() < end and not stop:
 dropped = sum(struct.unpack("II", s.getsockopt(263, 6, 8))[1] for s in socks)
 print(json.dumps({"captured": seen, "dropped_packets": dropped, "marker_hits": found}), flush=True)
 """
-
-
-def line_of(proc: subprocess.Popen) -> dict:
-    line = proc.stdout.readline()
-    assert line, f"no output; stderr: {proc.stderr.read()[-2000:]}"
-    return json.loads(line)
-
-
-def in_ns(lab: TunLab, node, code: str, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-c", code, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-
-
-def ping(lab: TunLab, src, dst, count: int = 5) -> dict:
-    return json.loads(lab.run(src, PING, dst.address, str(count)))
-
-
-def routed(lab: TunLab, src, dst) -> bool:
-    got = lab.get(src, "/v1/routes") or {}
-    return any(r.get("address") == dst.address and r.get("selected")
-               for r in got.get("routes", []))
 
 
 def state(lab: TunLab, *nodes) -> str:
@@ -149,17 +86,13 @@ def test_a_line_of_three_carries_ip_end_to_end_and_comes_back_after_sigkill(lab)
     assert near["ok"] >= 4 and far["ok"] >= 4, (near, far)
 
     # 50 MB a -> c across b, with b's underlay captured
-    cap = in_ns(lab, b, CAPTURE.replace("MARKER", repr(MARKER)),
+    cap = in_ns(b, CAPTURE.replace("MARKER", repr(MARKER)),
                 ",".join(d for d in lab.devices(b) if d.startswith("sn")), text=True)
     try:
         assert line_of(cap)["capturing"]
-        sink = in_ns(lab, c, SINK, c.address, text=True)
-        assert line_of(sink)["listening"]
         data = (MARKER + os.urandom(33)) * (SIZE // 64)
-        sender = in_ns(lab, a, SEND, c.address, stdin=subprocess.PIPE)
-        sender.communicate(data, timeout=120)
-        assert sender.returncode == 0
-        assert line_of(sink) == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        got = transfer(a, c, data)
+        assert got["bytes"] == len(data) and got["sha256"] == got["sent_sha256"], got
     finally:
         cap.send_signal(signal.SIGTERM)
     captured = line_of(cap)
@@ -169,6 +102,10 @@ def test_a_line_of_three_carries_ip_end_to_end_and_comes_back_after_sigkill(lab)
     assert captured["marker_hits"] == 0, captured       # and never in the clear
     transit = lab.get(b, "/v1/datapath")["counters"]
     assert transit.get("forwarded", 0) > 0 and transit.get("packets_in", 0) < 100, transit
+    shown = subprocess.run(["ip", "netns", "exec", b.ns, *node_command(), "status", "--api", API],
+                           capture_output=True, text=True, timeout=30, env=node_env(os.environ))
+    assert re.search(r"tun\s+sporenet0 mtu 1420, offload: \d[\d,]* out, \d[\d,]* in, "
+                     r"[1-9][\d,]* forwarded", shown.stdout), shown.stdout + shown.stderr
 
     # SIGKILL c: it comes back with the same address and a working TUN
     lab.stop("c", sig=signal.SIGKILL)

@@ -28,7 +28,7 @@ from sporenet.protocols.contracts import contract as ct
 from sporenet.protocols.identity import Identity
 from sporenet.tun_lab import TunLab
 
-from test_node_tun import ping, routed
+from sporenet.tun_probes import ping, routed
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,

@@ -141,6 +141,6 @@ def test_preflight_names_what_is_missing(monkeypatch):
     with pytest.raises(tun.TunUnavailable, match="--no-tun"):
         tun.tun_preflight()
     monkeypatch.setattr(tun, "TUN_PATH", "/dev/net/tun")
-    monkeypatch.setattr(tun, "_has_cap_net_admin", lambda: False)
+    monkeypatch.setattr(tun, "has_capability", lambda bit: False)
     with pytest.raises(tun.TunUnavailable, match="CAP_NET_ADMIN"):
         tun.tun_preflight()

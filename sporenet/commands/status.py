@@ -56,7 +56,27 @@ def format_duration(seconds: Any) -> str:
     return f"{m}m {s:02d}s" if m else f"{s}s"
 
 
-def render_status(data: dict[str, Any], out: Console) -> None:
+# data path counters that count traffic, not drops (the rest are drop reasons)
+_TRAFFIC = frozenset({"packets_out", "bytes_out", "packets_in", "bytes_in", "forwarded",
+                      "queued", "session_asked", "icmp_sent", "no_answer_rekey"})
+
+
+def datapath_line(dp: dict[str, Any] | None) -> str | None:
+    """``sporenet0 mtu 1420, offload: 10 out, 9 in, 0 forwarded; dropped: no_route 2``."""
+    if dp is None:
+        return None
+    c = dp.get("counters") or {}
+    drops = sorted((k, n) for k, n in c.items() if k not in _TRAFFIC and n)
+    dropped = ("dropped: " + ", ".join(f"{k} {n:,}" for k, n in drops)) if drops else "no drops"
+    if not dp.get("device"):
+        head = "off (--no-tun)" if not dp.get("tun") else "not open yet"
+        return f"{head}; {dropped}" if drops else head
+    return (f"{dp['device']} mtu {dp.get('mtu')}{', offload' if dp.get('offload') else ''}: "
+            f"{c.get('packets_out', 0):,} out, {c.get('packets_in', 0):,} in, "
+            f"{c.get('forwarded', 0):,} forwarded; {dropped}")
+
+
+def render_status(data: dict[str, Any], out: Console, datapath: dict[str, Any] | None = None) -> None:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -67,6 +87,8 @@ def render_status(data: dict[str, Any], out: Console) -> None:
     if data.get("region"):  # only when set: a node without a region shows no such row
         rows.insert(1, ("region", data["region"]))
     rows.append(("contract", contract_line(data.get("contract"))))
+    if (line := datapath_line(datapath)) is not None:
+        rows.append(("tun", line))
     for key, value in rows:
         facts.add_row(key, str(value))
     out.print(facts)
@@ -100,9 +122,14 @@ def contract_line(c: dict[str, Any] | None) -> str:
 @api_option
 @json_option
 def command(api: str, as_json: bool) -> None:
-    """Show the local node: id, address, name, region, uptime, agents."""
+    """Show the local node: id, address, name, region, uptime, contract, TUN and data
+    path (packets in, out, forwarded, drops by reason), agents."""
     data = fetch(api, "status")
     if as_json:
         click.echo(json.dumps(data, indent=2))
-    else:
-        render_status(data, console())
+        return
+    try:
+        datapath = ApiClient(api).get("/v1/datapath")
+    except ApiClientError:
+        datapath = None  # an older node without the data path: the rest still shows
+    render_status(data, console(), datapath)

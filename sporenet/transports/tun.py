@@ -50,7 +50,7 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x1000, 0x4000
 IFF_PERSIST = 0x0800
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
-CAP_NET_ADMIN = 12
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 _IFNAMSIZ = 16
 
 
@@ -58,11 +58,12 @@ class TunUnavailable(TransportError):
     """This node cannot have a TUN device here; the message says why and what to do."""
 
 
-def _has_cap_net_admin() -> bool:
+def has_capability(bit: int) -> bool:
+    """Whether this process holds the capability now (root without it counts as without)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+                return bool(int(line.split()[1], 16) >> bit & 1)
     except OSError:
         pass
     return os.geteuid() == 0
@@ -73,7 +74,7 @@ def tun_preflight() -> None:
     if not os.path.exists(TUN_PATH):
         raise TunUnavailable(f"{TUN_PATH} does not exist (no TUN driver: modprobe tun, or in a "
                              "container pass --device /dev/net/tun); or run with --no-tun")
-    if not _has_cap_net_admin():
+    if not has_capability(CAP_NET_ADMIN):
         raise TunUnavailable("the TUN device needs CAP_NET_ADMIN: run as root, or give it "
                              "with `sudo setcap cap_net_admin+ep $(readlink -f $(which python3))`; "
                              "or run with --no-tun (userspace only)")
