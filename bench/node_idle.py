@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=10.0, help="seconds idle before RSS is read")
     ap.add_argument("--pings", type=int, default=50, help="pings per interval")
     args = ap.parse_args(argv)
+    if shutil.which("ping") is None:
+        ap.error("needs ping: apt-get install iputils-ping (bench/throughput installs it)")
     with tempfile.TemporaryDirectory(prefix="sn-idle-") as d, TunLab(Path(d), ("a", "b")) as lab:
         lab.build()
         t0 = time.monotonic()
