@@ -28,6 +28,7 @@ from sporenet.transports.carrier import (Carrier, Connected, DialFailed, Disconn
 from sporenet.transports.errors import TransportClosed, TransportError
 from sporenet.transports.memory import MemoryCarrier, MemoryNetwork
 from sporenet.transports.tcp import TcpCarrier
+from sporenet.transports.udp import UdpCarrier
 
 TIMEOUT = 20.0  # generous: two cores are shared by several test runs
 
@@ -90,20 +91,23 @@ class Harness:
         rec = Recorder()
         if self.kind == "tcp":
             carrier = TcpCarrier(rec, **kw)
+        elif self.kind == "udp":
+            carrier = UdpCarrier(rec, **kw)
         else:
             carrier = MemoryCarrier(rec, self.net, **kw)
         self.sides.append(Side(carrier, rec))
         return self.sides[-1]
 
     def any_endpoint(self) -> str:
-        return "tcp://127.0.0.1:0" if self.kind == "tcp" else "mem://"
+        return {"tcp": "tcp://127.0.0.1:0", "udp": "udp://127.0.0.1:0"}.get(self.kind, "mem://")
 
     def nowhere(self) -> str:
         if self.kind == "mem":
             return "mem://nobody-here"
-        with socket.socket() as s:  # a port that was free a moment ago: refused
+        kind = socket.SOCK_DGRAM if self.kind == "udp" else socket.SOCK_STREAM
+        with socket.socket(socket.AF_INET, kind) as s:  # a port that was free a moment ago
             s.bind(("127.0.0.1", 0))
-            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+            return f"{self.kind}://127.0.0.1:{s.getsockname()[1]}"
 
     def pair(self, **kw) -> tuple[Side, Side, int, int]:
         """(dialer, listener, dialer's conn id, listener's conn id), connected."""
@@ -119,7 +123,7 @@ class Harness:
             s.carrier.shutdown()
 
 
-@pytest.fixture(params=["tcp", "mem"])
+@pytest.fixture(params=["tcp", "udp", "mem"])
 def harness(request):
     h = Harness(request.param)
     yield h
@@ -245,8 +249,11 @@ def test_dial_to_nowhere_fails(harness):
     assert a.carrier.stats().dial_failures == 1
 
 
-@pytest.mark.parametrize("endpoint", ["", "nonsense", "udp://1.2.3.4:5", "tcp://", "mem://a/b"])
+@pytest.mark.parametrize("endpoint", ["", "nonsense", "other://1.2.3.4:5", "tcp://", "udp://",
+                                      "mem://a/b"])
 def test_bad_endpoint_dial_fails_without_raising(harness, endpoint):
+    if endpoint.startswith(harness.kind + "://") and endpoint != f"{harness.kind}://":
+        pytest.skip("a well-formed endpoint of this carrier")
     a = harness.side()
     a.carrier.dial(endpoint)
     assert a.rec.first(DialFailed).endpoint == endpoint

@@ -20,16 +20,22 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from sporenet.api_client import ApiClientError
-from sporenet.local_mesh import (LocalMesh, LocalNode, MeshError, ping, selected_routes,
-                                 send_message, trace, wait_for)
+from sporenet.commands.demo_steps import DemoFailed, Steps
+from sporenet.local_mesh import (
+    LocalMesh,
+    LocalNode,
+    ping,
+    selected_routes,
+    send_message,
+    trace,
+    wait_for,
+)
 from sporenet.logs import configure_logging
 
 SRC, DST, VICTIM = "alpha", "golf", "bravo"
@@ -47,38 +53,6 @@ FEWEST_HOPS = ["alpha", "sierra", "golf"]
 PROBE_INTERVAL = 0.25
 START_TIMEOUT = 30.0  # per node, for its node.json
 TIMEOUT = 30.0        # for each state a step waits for
-
-
-class DemoFailed(Exception):
-    """A step did not reach its expected state; the message says which and why."""
-
-
-class Steps:
-    """Runs the demo's steps, timing each; the rows become the summary table."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.rows: list[tuple[str, str, float, bool]] = []
-
-    def run(self, title: str, fn: Callable[[], str]) -> None:
-        self.console.print(f"\n[bold]{len(self.rows) + 1}. {title}[/bold]")
-        t0 = time.monotonic()
-        try:
-            detail = fn()
-        except (MeshError, ApiClientError, DemoFailed) as e:
-            self.rows.append((title, str(e).splitlines()[0], time.monotonic() - t0, False))
-            raise DemoFailed(f"step {len(self.rows)} ({title}): {e}") from None
-        self.rows.append((title, detail, time.monotonic() - t0, True))
-
-    def table(self) -> Table:
-        table = Table(title="sporenet demo: summary", title_justify="left")
-        for col, just in (("#", "right"), ("step", "left"), ("result", "left"),
-                          ("time", "right"), ("", "left")):
-            table.add_column(col, justify=just)
-        for i, (title, detail, secs, ok) in enumerate(self.rows, 1):
-            table.add_row(str(i), title, escape(detail), f"{secs:.2f} s",
-                          "[green]PASS[/green]" if ok else "[red]FAIL[/red]")
-        return table
 
 
 def _arrow(path: list[str] | None) -> str:
@@ -261,7 +235,9 @@ def command(keep: bool, tun: bool) -> None:
     base = Path(tempfile.mkdtemp(prefix="sporenet-demo-"))
     try:
         if tun:
-            from sporenet.commands.demo_tun import run_tun_demo  # the demo module is its base
+            from sporenet.commands.demo_tun import (
+                run_tun_demo,  # loaded only with --tun
+            )
             run_tun_demo(console, base)
         else:
             run_demo(console, base)

@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sporenet.commands.demo import DemoFailed, Steps
+from sporenet.commands.demo_steps import DemoFailed, Steps
 from sporenet.transports.tun import (
     CAP_NET_ADMIN,
     CAP_SYS_ADMIN,
