@@ -26,8 +26,11 @@ Packets (big-endian; ``token`` is the receiver's connection token, like WireGuar
 receiver index, and the packet must come from the connection's address):
   CONNECT  1 | dialer token u32 | version u8 | zero padding to CONNECT_SIZE
   ACCEPT   2 | dialer token u32 | listener token u32
-  DATA     3 | token u32 | seq u32 | ack u32 | window u16 | stream bytes
-  ACK      4 | token u32 | ack u32 | window u16 | flags u8 | sack u64
+  DATA     3 | token u32 | seq u32 | ack u32 | window u16 | tsval u32 | tsecr u32 | stream bytes
+  ACK      4 | token u32 | ack u32 | window u16 | flags u8 | sack u64 | tsecr u32
+``tsval`` is the sender's clock in µs (mod 2**32), ``tsecr`` the last one it received,
+echoed once (RFC 7323's timestamps): an RTT sample needs no guess about which copy of
+which segment an ack answers, which a lossy link makes ambiguous.
   DGRAM    5 | token u32 | frame
   RESET    6 | token u32 | graceful u8 | reason (utf-8)
 CONNECT is padded to at least the size of its answer, so a spoofed source gains
@@ -54,8 +57,8 @@ CONNECT, ACCEPT, DATA, ACK, DGRAM, RESET = 1, 2, 3, 4, 5, 6
 CONNECT_SIZE = 32
 _CONNECT = struct.Struct("!BIB")
 _ACCEPT = struct.Struct("!BII")
-_DATA = struct.Struct("!BIIIH")
-_ACK = struct.Struct("!BIIHBQ")
+_DATA = struct.Struct("!BIIIHII")
+_ACK = struct.Struct("!BIIHBQI")
 _TOKEN = struct.Struct("!BI")
 _RESET = struct.Struct("!BIB")
 _LEN = struct.Struct("!I")
@@ -64,7 +67,7 @@ DATA_HEADER, DGRAM_HEADER = _DATA.size, _TOKEN.size
 ACK_PING = 0x01  # the sender wants an ACK back (keepalive, zero-window probe)
 RESET_GRACEFUL = 0x01  # an orderly end (shutdown), not a fault
 RESET_YOURS = 0x02     # the token is the one the receiver gave us, not ours: we lost it
-_STRANGER = b"unknown connection (the peer restarted?)"
+_STRANGER = "it does not know this connection (restarted?)"
 MAX_TOMBSTONES = 4_096
 
 DEFAULT_MSS = 1_400              # stream bytes per DATA: an IPv6 + UDP packet fits 1,500
@@ -78,6 +81,10 @@ KEEPALIVE = 5.0
 LINGER = 2.0                     # a close waits this long for its queue to be acknowledged
 TIME_WAIT = 5.0                  # a closed token still answers retransmissions this long
 HELLO_TIMEOUT = 5.0              # an inbound connection the link layer never confirmed
+
+
+def _clock(now: float) -> int:
+    return int(now * 1e6) & 0xFFFFFFFF
 
 
 # ----- events -------------------------------------------------------------------------
@@ -155,6 +162,7 @@ class _Conn:
         self.paused = False
         self.ack_due = False
         self.ack_ping = False
+        self.ts_recent = 0  # the peer's last tsval, until we echo it
         self.last_heard = now
         self.fin_received = False
         # counters the transport reads
@@ -341,7 +349,8 @@ class DatagramEndpoint:
             return
         _, peer_token, version = _CONNECT.unpack_from(data)
         if version != VERSION:
-            self._reset(addr, peer_token, False, f"datagram carrier version {version} unsupported")
+            # short enough to be smaller than the CONNECT: no gain in reflecting it
+            self._reset(addr, peer_token, False, f"version {version} unsupported"[:CONNECT_SIZE - 6])
             return
         conn = self._by_peer.get((addr, peer_token))
         if conn is None:
@@ -363,7 +372,7 @@ class DatagramEndpoint:
         if stone is not None and stone[0] == addr:
             if kind == DATA:  # our last ACK was lost: repeat it so the peer can finish
                 _, peer_token, ack, _until = stone
-                self._out.append((addr, _ACK.pack(ACK, peer_token, ack, 0, 0, 0)))
+                self._out.append((addr, _ACK.pack(ACK, peer_token, ack, 0, 0, 0, 0)))
             return
         if kind == RESET and len(data) >= _RESET.size and data[5] & RESET_YOURS:
             # "I do not know the connection you call <token>": ``token`` is the peer's
@@ -372,10 +381,10 @@ class DatagramEndpoint:
                 self._on_reset(conn, data)
                 return
         self.counters["unknown_token"] += 1
-        if kind in (DATA, ACK) and len(data) >= _RESET.size + len(_STRANGER):
-            # the peer holds a connection we do not know (we restarted): say so, in a
-            # packet no larger than the one it sent, naming the token it used
-            self._reset(addr, token, False, _STRANGER.decode(), RESET_YOURS)
+        if kind in (DATA, ACK):
+            # the peer holds a connection we do not know (we restarted): say so in a
+            # bare header, smaller than what it sent, naming the token it used
+            self._reset(addr, token, False, "", RESET_YOURS)
 
     def _on_accept(self, conn: _Conn, data: bytes, now: float) -> None:
         if conn.state != "connecting":
@@ -390,8 +399,9 @@ class DatagramEndpoint:
     def _on_data(self, conn: _Conn, data: bytes, now: float) -> None:
         if conn.state == "connecting":
             return  # our ACCEPT is lost: the CONNECT we repeat brings another
-        _, _, seq, ack, window = _DATA.unpack_from(data)
-        self._acked(conn, ack, window, 0, now)
+        _, _, seq, ack, window, tsval, tsecr = _DATA.unpack_from(data)
+        conn.ts_recent = tsval or 1
+        self._acked(conn, ack, window, 0, tsecr, now)
         payload = data[DATA_HEADER:]
         conn.bytes_in += len(data)
         conn.ack_due = True
@@ -446,31 +456,36 @@ class DatagramEndpoint:
     def _on_ack(self, conn: _Conn, data: bytes, now: float) -> None:
         if conn.state == "connecting":
             return
-        _, _, ack, window, flags, sack = _ACK.unpack_from(data)
-        self._acked(conn, ack, window, sack, now)
+        _, _, ack, window, flags, sack, tsecr = _ACK.unpack_from(data)
+        self._acked(conn, ack, window, sack, tsecr, now)
         if flags & ACK_PING:
             conn.ack_due = True
         self._dirty.add(conn)
 
-    def _acked(self, conn: _Conn, ack: int, window: int, sack: int, now: float) -> None:
+    def _acked(self, conn: _Conn, ack: int, window: int, sack: int, tsecr: int,
+               now: float) -> None:
         if conn.state == "connecting":
             return
         conn.peer_window = window
-        flight, sampled = conn.flight, False
+        if tsecr:
+            self._rtt_sample(conn, ((_clock(now) - tsecr) & 0xFFFFFFFF) / 1e6)
+        flight, progress = conn.flight, False
         for seq in [s for s in flight if s < ack or (s > ack and sack >> (s - ack - 1) & 1)]:
-            seg = flight.pop(seq)
-            conn.queued -= len(seg.data)
-            if seg.sends == 1 and not sampled:  # Karn: only never-retransmitted segments
-                self._rtt_sample(conn, now - seg.sent_at)
-                sampled = True
-        if sack and ack in flight:  # fast retransmit of the first hole
-            later = sack.bit_count()
-            seg = flight[ack]
-            if later >= 3 and now - seg.sent_at > (conn.srtt or RTO_INITIAL):
-                self._resend(conn, seg, now)
+            conn.queued -= len(flight.pop(seq).data)
+            progress = True
+        if sack:
+            # every hole below the highest segment the peer holds is lost, or late: resend
+            # each once per round trip (RFC 6675's idea, without its pipe accounting)
+            top = ack + sack.bit_length()
+            wait = 1.25 * (conn.srtt or RTO_INITIAL)
+            for seq, seg in flight.items():
+                if seq >= top:
+                    break
+                if now - seg.sent_at > wait:
+                    self._resend(conn, seg, now)
         if not flight:
             conn.rto_due = None
-        elif sampled:
+        elif progress:
             conn.rto_due = now + conn.rto
         if conn.state == "closing" and conn.fin_queued and not conn.stream and not flight:
             self._finish(conn, conn.close_reason, False, now)
@@ -485,7 +500,8 @@ class DatagramEndpoint:
 
     def _on_reset(self, conn: _Conn, data: bytes) -> None:
         graceful = data[5] & RESET_GRACEFUL
-        reason = data[_RESET.size:_RESET.size + 512].decode("utf-8", "replace") or "reset"
+        reason = data[_RESET.size:_RESET.size + 512].decode("utf-8", "replace") or (
+            _STRANGER if data[5] & RESET_YOURS else "reset")
         if conn.state == "connecting":
             self._forget(conn)
             self._events.append(OpenFailed(conn.id, f"refused by peer: {reason}"))
@@ -522,7 +538,7 @@ class DatagramEndpoint:
             conn.flight[seg.seq] = seg
             self._emit_data(conn, seg)
             sent = True
-        if sent:
+        if sent and not conn.ooo:  # the DATA carried our ack; a hole needs the sack'
             conn.ack_due = False
             if conn.rto_due is None:
                 conn.rto_due = now + conn.rto
@@ -534,7 +550,9 @@ class DatagramEndpoint:
             conn.last_sent = now
 
     def _emit_data(self, conn: _Conn, seg: _Segment) -> None:
-        head = _DATA.pack(DATA, conn.peer_token, seg.seq, conn.rcv_next, self._window_left(conn))
+        head = _DATA.pack(DATA, conn.peer_token, seg.seq, conn.rcv_next, self._window_left(conn),
+                          _clock(seg.sent_at) or 1, conn.ts_recent)
+        conn.ts_recent = 0  # echoed once
         conn.bytes_out += len(head) + len(seg.data)
         self._out.append((conn.addr, head + seg.data))
         conn.last_sent = seg.sent_at
@@ -547,7 +565,8 @@ class DatagramEndpoint:
                 sack |= 1 << off
         self._out.append((conn.addr, _ACK.pack(ACK, conn.peer_token, conn.rcv_next,
                                                self._window_left(conn),
-                                               ACK_PING if ping else 0, sack)))
+                                               ACK_PING if ping else 0, sack, conn.ts_recent)))
+        conn.ts_recent = 0
 
     def _window_left(self, conn: _Conn) -> int:
         held = len(conn.ooo) + (len(conn.rbuf) + sum(map(len, conn.ready))) // self.mss
