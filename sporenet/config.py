@@ -32,7 +32,7 @@ from .keyfile import default_key_file
 
 DEFAULT_API = "127.0.0.1:8990"
 DEFAULT_LISTEN = "tcp://0.0.0.0:8991"
-ENDPOINT_SCHEMES = ("tcp",)
+ENDPOINT_SCHEMES = ("tcp", "udp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 UNKNOWN_TOPICS = ("accept", "refuse")
@@ -274,11 +274,11 @@ def _show(value: Any) -> str:
 def _endpoint_checker(allow_port_zero: bool) -> Callable[[Any, str, _Ctx], Any]:
     def check(value: Any, where: str, ctx: _Ctx) -> Any:
         if not isinstance(value, str):
-            return ctx.bad(where, value, "is not an endpoint; expected a string tcp://HOST:PORT")
+            return ctx.bad(where, value, "is not an endpoint; expected a string tcp://HOST:PORT or udp://HOST:PORT")
         try:
             parse_endpoint(value, allow_port_zero=allow_port_zero)
         except ValueError as exc:
-            return ctx.bad(where, value, f"is not an endpoint ({exc}); expected tcp://HOST:PORT")
+            return ctx.bad(where, value, f"is not an endpoint ({exc}); expected tcp://HOST:PORT or udp://HOST:PORT")
         return value
     return check
 

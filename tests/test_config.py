@@ -80,14 +80,14 @@ def test_brief_example_error_message(tmp_path):
     probs = problems_of('listen = ["tcp://0.0.0.0:1", "tcp:/bad"]', tmp_path)
     assert len(probs) == 1
     assert 'listen[1]: "tcp:/bad" is not an endpoint' in probs[0]
-    assert probs[0].endswith("expected tcp://HOST:PORT")
+    assert probs[0].endswith("expected tcp://HOST:PORT or udp://HOST:PORT")
     assert probs[0].startswith(str(tmp_path / "node.toml"))
 
 
 @pytest.mark.parametrize("text, where, bad, expected", [
     ('listen = "tcp://a:1"', "listen", '"tcp://a:1"', "is not a list"),
     ('listen = ["tcp://h:70000"]', "listen[0]", '"tcp://h:70000"', "port 70000 is out of range"),
-    ('listen = ["udp://h:1"]', "listen[0]", '"udp://h:1"', "unknown scheme 'udp'"),
+    ('listen = ["quic://h:1"]', "listen[0]", '"quic://h:1"', "unknown scheme 'quic'"),
     ('listen = ["tcp://::1:1"]', "listen[0]", '"tcp://::1:1"', "IPv6 hosts go in brackets"),
     ('listen = ["tcp://[zz]:1"]', "listen[0]", '"tcp://[zz]:1"', "is not an IPv6 address"),
     ('listen = ["tcp://bad_host:1"]', "listen[0]", '"tcp://bad_host:1"', "not a host name"),
@@ -187,7 +187,7 @@ def test_merge_cli_errors_name_the_flag():
     with pytest.raises(ConfigError) as err:
         merge_cli(NodeConfig(), peers=("tcp://a:1", "nope"), api="x:99999")
     assert err.value.problems == [
-        'command line: --peer: "nope" is not an endpoint (no scheme://); expected tcp://HOST:PORT',
+        'command line: --peer: "nope" is not an endpoint (no scheme://); expected tcp://HOST:PORT or udp://HOST:PORT',
         'command line: --api: "x:99999" is not HOST:PORT (port 99999 is out of range 0-65535); '
         'expected e.g. "127.0.0.1:8990"',
     ]

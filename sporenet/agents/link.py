@@ -50,8 +50,10 @@ from sporenet.protocols.notices import (
     PeerUp,
 )
 from sporenet.transports import carrier as ev
+from sporenet.transports.carriers import Carriers
 from sporenet.transports.errors import TransportClosed
 from sporenet.transports.tcp import TcpCarrier
+from sporenet.transports.udp import UdpCarrier
 
 from .base import ProtocolAgent
 
@@ -83,7 +85,10 @@ class LinkAgent(ProtocolAgent):
             except pykka.ActorDeadError:
                 pass  # stopping: the carrier's last events have nobody to go to
 
-        self._carrier = TcpCarrier(to_actor, name="tcp", rx_filter=self.options.get("rx_filter"))
+        rx_filter = self.options.get("rx_filter")
+        self._carrier = Carriers(to_actor, {
+            "tcp": lambda cb: TcpCarrier(cb, name="tcp", rx_filter=rx_filter),
+            "udp": lambda cb: UdpCarrier(cb, name="udp", rx_filter=rx_filter)})
         self._rx_time = 0.0
         # (peer, probe seq) -> how long the probe waited on the bus before it left.
         self._probe_delays: dict[tuple[bytes, int], float] = {}
@@ -196,8 +201,13 @@ class LinkAgent(ProtocolAgent):
                 "peers": [p.node_id.hex() for p in self.protocol.table.peers()]}
 
     def _send(self, a: SendFrame) -> None:
+        frame = wire.encode_frame(a.msg)
+        # probes go unreliably where the carrier can (UDP): a lost one stays lost, so the
+        # prober measures the link's loss, which a stream carrier hides as delay
+        if isinstance(a.msg, (Probe, ProbeAck)) and self._carrier.send_datagram(a.conn, frame):
+            return
         try:
-            if not self._carrier.send(a.conn, wire.encode_frame(a.msg)):
+            if not self._carrier.send(a.conn, frame):
                 self.log.warning("send_queue_full", conn=a.conn)
         except TransportClosed:
             pass  # the Disconnected event is on its way

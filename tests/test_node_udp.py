@@ -1,0 +1,61 @@
+"""Real nodes linked over the UDP carrier: pings and messages over udp:// links, and
+loss-aware routing between real processes. Over TCP a lost probe is retransmitted and
+the prober sees only delay; over UDP probes are datagrams, so a lossy link shows its
+loss and the router takes the clean two-hop path around it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sporenet.local_mesh import ping, selected_routes, send_message, wait_for
+from sporenet.transports.loss_proxy import LossProxy
+
+pytestmark = pytest.mark.slow
+UDP = ("--listen", "udp://127.0.0.1:0", "--probe-interval", "0.1")
+
+
+def udp_endpoint(node) -> str:
+    return next(e for e in node.info["listen"] if e.startswith("udp://"))
+
+
+def peer_row(node, other) -> dict | None:
+    return next((p for p in node.api.get("/v1/peers")["peers"]
+                 if p["node_id"] == other.node_id), None)
+
+
+def test_two_nodes_link_ping_and_message_over_udp(mesh):
+    b = mesh.start_node("b", extra_args=UDP)
+    a = mesh.start_node("a", peers=[udp_endpoint(b)], extra_args=UDP)
+    wait_for(lambda: (row := peer_row(a, b)) and row["samples"] >= 20, 30,
+             "a's link to b over udp:// with 20 probe samples")
+    row = peer_row(a, b)
+    assert row["endpoint"].startswith("udp://") and row["loss"] == 0.0, row
+    assert ping(a, b.node_id)["state"] == "ok"
+    assert send_message(a, b.node_id, "t", "over datagrams")["state"] == "delivered"
+
+
+def test_a_node_routes_around_a_lossy_udp_link(mesh):
+    a = mesh.start_node("a", extra_args=UDP)
+    b = mesh.start_node("b", peers=[udp_endpoint(a)], extra_args=UDP)
+    # c's direct link to a loses 10 % each way (a probe or its ack: ~19 %); more would
+    # lose 4 probes in a row often enough for the prober to call the link dead
+    proxy = LossProxy(udp_endpoint(a), loss=0.1, seed=5)
+    mesh.proxies.append(proxy)
+    lossy = proxy.start()
+    c = mesh.start_node("c", peers=[udp_endpoint(b), lossy], extra_args=UDP)
+    wait_for(lambda: (row := peer_row(a, c)) and row["samples"] >= 30, 30,
+             lambda: f"a's direct link to c to have 30 probe samples: {peer_row(a, c)}")
+
+    def around() -> bool:
+        route = selected_routes(a).get(c.node_id)
+        return route is not None and route["next_hop"] == b.node_id
+    wait_for(around, 30, lambda: f"a to route to c via b; a's routes: {selected_routes(a)}")
+    direct, clean = peer_row(a, c), peer_row(a, b)
+    assert direct is not None and direct["loss"] > 0.08, direct
+    assert clean["loss"] < 0.05, clean
+    assert selected_routes(c)[a.node_id]["next_hop"] == b.node_id
+    assert proxy.counts["dropped"] > 0
+    # the lossy link is still up (its hellos and control frames are retransmitted) and
+    # traffic to c takes the clean path
+    assert peer_row(c, a) is not None
+    assert send_message(a, c.node_id, "t", "around the loss")["state"] == "delivered"
