@@ -65,8 +65,10 @@ class LabNode:
 
 class TunLab:
     def __init__(self, base_dir: Path, names: Iterable[str] = ("a", "b", "c"), *,
-                 tag: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 tag: str | None = None, extra_args: tuple[str, ...] = (),
+                 carrier: str = "tcp") -> None:
         self.base = Path(base_dir)
+        self.carrier = carrier  # the links' scheme: "tcp" or "udp"
         self.tag = tag or secrets.token_hex(2)
         self.extra_args = extra_args
         self.nodes: dict[str, LabNode] = {}
@@ -99,7 +101,7 @@ class TunLab:
                 _sh("ip", "-n", ns, "link", "set", right, "up")
                 prev.also_listen += (f"10.203.{k}.1",)
                 node.underlay = f"10.203.{k}.2"
-                node.peers = (f"tcp://10.203.{k}.1:{PORT}",)
+                node.peers = (f"{self.carrier}://10.203.{k}.1:{PORT}",)
             self.nodes[name] = node
             prev = node
         for node in self.nodes.values():  # the first node listens on its first veth
@@ -114,7 +116,7 @@ class TunLab:
                 "--key-file", str(node.key_file), "--api", API, "--run-dir", str(node.run_dir),
                 "--name", name, *self.extra_args]
         for addr in sorted(listens):
-            args += ["--listen", f"tcp://{addr}:{PORT}"]
+            args += ["--listen", f"{self.carrier}://{addr}:{PORT}"]
         for peer in node.peers:
             args += ["--peer", peer]
         log = open(node.log_path, "ab")

@@ -122,3 +122,21 @@ def test_a_line_of_three_carries_ip_end_to_end_and_comes_back_after_sigkill(lab)
     for name in "abc":
         assert lab.stop(name) == 0, lab.nodes[name].log_tail()
         assert "sporenet0" not in lab.devices(lab.nodes[name]), f"TUN left in {name}"
+
+
+def test_ip_crosses_a_transit_node_over_udp_links(tmp_path):
+    """The same line linked by udp:// (the datagram carrier): pings and 20 MB byte for
+    byte from a to c, b forwarding what it cannot open."""
+    with TunLab(tmp_path, ("a", "b", "c"), carrier="udp",
+                extra_args=("--probe-interval", "0.2")) as lab:
+        lab.build()
+        lab.start_all()
+        a, b, c = (lab.nodes[n] for n in "abc")
+        lab.wait_for(lambda: routed(lab, a, c) and routed(lab, c, a), 30, "a and c to route via b")
+        peers = lab.get(a, "/v1/peers")["peers"]
+        assert peers and all(p["endpoint"].startswith("udp://") for p in peers), peers
+        assert ping(lab, a, c)["ok"] >= 4
+        data = os.urandom(20 * 1024 * 1024)
+        got = transfer(a, c, data)
+        assert got["bytes"] == len(data) and got["sha256"] == got["sent_sha256"], got
+        assert lab.get(b, "/v1/datapath")["counters"].get("forwarded", 0) > 0

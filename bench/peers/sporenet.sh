@@ -3,9 +3,9 @@
 # this file into the harness's overlays/ and run `./run.sh raw wireguard-go yggdrasil
 # sporenet` (bench/throughput does both). Each node is `sporenet up` with its TUN on
 # (IFF_VNET_HDR superpackets, MTU SPORENET_MTU, default 1420), linked over the underlay by
-# the TCP carrier (SPORENET_CARRIER, only tcp today), end-to-end sessions per pair.
+# the TCP carrier (SPORENET_CARRIER=udp for the UDP one), end-to-end sessions per pair.
 # 3-host: a and b each link only to r; r's router forwards their ciphertext unopened.
-NAME=sporenet
+NAME=${SPORENET_NAME:-sporenet}
 . "$(dirname "$0")/lib.sh"
 TOPOLOGIES="2 3"
 PORT=7000
@@ -48,7 +48,7 @@ do_up() {
     start_bg "$n" "sporenet-$n" "$PY" -P -m sporenet.cli up --key-file "$W/$n.key" \
       --run-dir "$W/run-$n" --api 127.0.0.1:8990 --name "$n" --tun-device "sn-$n" \
       --tun-mtu "$MTU" $(cat "$W/$n.args")
-    if [[ $n == "$HUB" ]]; then wait_listen "$n" tcp $PORT; fi
+    if [[ $n == "$HUB" ]]; then wait_listen "$n" "$CARRIER" $PORT; fi
   done
   cat "$W/b.addr"
 }
