@@ -5,6 +5,10 @@ loss and the router takes the clean two-hop path around it."""
 
 from __future__ import annotations
 
+import random
+import socket
+import time
+
 import pytest
 
 from sporenet.local_mesh import ping, selected_routes, send_message, wait_for
@@ -59,3 +63,59 @@ def test_a_node_routes_around_a_lossy_udp_link(mesh):
     # traffic to c takes the clean path
     assert peer_row(c, a) is not None
     assert send_message(a, c.node_id, "t", "around the loss")["state"] == "delivered"
+
+
+def test_a_datagram_flood_is_bounded_and_the_node_keeps_routing(mesh):
+    """20,000 datagrams at b's udp port from one socket (connects with fresh tokens, data
+    for tokens b never gave, garbage): b keeps at most its pre-hello limit, logs a few
+    lines, answers with fewer bytes than it got, and still pings its real peer."""
+    b = mesh.start_node("b", extra_args=UDP)
+    a = mesh.start_node("a", peers=[udp_endpoint(b)], extra_args=UDP)
+    wait_for(lambda: ping(a, b.node_id)["state"] == "ok", 20, "a to ping b over udp")
+    lines0 = len(b.log_path.read_text().splitlines())
+    host, port = udp_endpoint(b).removeprefix("udp://").rsplit(":", 1)
+    rng = random.Random(9)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sent = got = 0
+    try:
+        for i in range(20_000):
+            kind = i % 4
+            if kind == 0:  # a CONNECT with a fresh token: each one a would-be connection
+                pkt = bytes([1]) + rng.randbytes(4) + bytes([1]) + bytes(26)
+            elif kind == 1:  # DATA for a token b never gave
+                pkt = bytes([3]) + rng.randbytes(4) + rng.randbytes(60)
+            else:
+                pkt = rng.randbytes(rng.randrange(1, 120))
+            try:
+                sent += sock.sendto(pkt, (host, int(port)))
+            except BlockingIOError:
+                pass
+            if i % 500 == 0:
+                pings_ok = ping(a, b.node_id)["state"] == "ok"
+                assert pings_ok, "b stopped answering a during the flood"
+                got += _drain(sock)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            got += _drain(sock)
+            time.sleep(0.05)
+    finally:
+        sock.close()
+    # the counters reach the API with the link table's next change (its hello timeouts)
+    counters = wait_for(lambda: (c := b.api.status()["counters"]).get("pending_evicted") and c,
+                        15, lambda: f"b's counters to show evictions: {b.api.status()['counters']}")
+    assert counters["pending_hello"] <= 256, counters
+    assert got < sent, (got, sent)  # no reflection gain
+    assert ping(a, b.node_id)["state"] == "ok"
+    assert b.alive()
+    grown = len(b.log_path.read_text().splitlines()) - lines0
+    assert grown < 200, f"b's log grew by {grown} lines"
+
+
+def _drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            n += len(sock.recv(65535))
+        except (BlockingIOError, ConnectionRefusedError):
+            return n

@@ -117,6 +117,7 @@ class LinkAgent(ProtocolAgent):
 
     def execute(self, actions: list) -> None:
         super().execute(actions)
+        self._carrier_counters()
         plane = getattr(self, "_plane", None)
         if plane is not None and self.protocol is not None:
             links = self.protocol.table.links()
@@ -189,6 +190,23 @@ class LinkAgent(ProtocolAgent):
             self.publish(PeerUp(p.node_id, p.public_key, p.address, p.listen_endpoint or p.endpoint,
                                 p.outbound, p.name))
         self.publish(LinkCounters(self._counters()))
+
+    def _carrier_counters(self) -> None:
+        """The carrier counts what never reached the link table (connections pushed out
+        before their hello, accept back-offs): publish a change of those too, at most
+        once a second, so a flood shows in the API without flooding the bus."""
+        if self.protocol is None:
+            return
+        now = self.clock.now()
+        if now - getattr(self, "_counters_at", 0.0) < 1.0:
+            return
+        self._counters_at = now
+        stats = self._carrier.stats()
+        seen = (stats.pending, stats.pending_evicted, stats.accept_paused, stats.accepted,
+                stats.malformed_frames)
+        if seen != getattr(self, "_carrier_seen", None):
+            self._carrier_seen = seen
+            self.publish(LinkCounters(self._counters()))
 
     def _counters(self) -> dict:
         stats = self._carrier.stats()
