@@ -74,6 +74,11 @@ _READS_PER_TURN = 256
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+# UDP segmentation offload (<linux/udp.h>): one sendmsg of equal-size datagrams that the
+# kernel (or the NIC) cuts, and GRO that hands several back in one recvmsg with their size
+_SOL_UDP, _UDP_SEGMENT, _UDP_GRO = 17, 103, 104
+_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65_000
+_GRO_ANC = socket.CMSG_SPACE(4)
 _R = selectors.EVENT_READ
 
 
@@ -100,11 +105,17 @@ def format_udp_endpoint(host: str, port: int) -> str:
 class _Socket:
     """One UDP socket and the endpoint of its connections."""
 
-    __slots__ = ("endpoint", "family", "listening", "sock")
+    __slots__ = ("endpoint", "family", "gro", "gso", "listening", "sock")
 
     def __init__(self, sock: socket.socket, endpoint: dg.DatagramEndpoint, listening: bool) -> None:
         self.sock, self.family, self.endpoint = sock, sock.family, endpoint
         self.listening = listening
+        self.gso = True   # until a segmented send fails: then one datagram per call
+        try:
+            sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+            self.gro = True
+        except OSError:
+            self.gro = False
 
 
 class UdpCarrier:
@@ -136,7 +147,8 @@ class UdpCarrier:
         self._where: dict[int, _Socket] = {}            # shared: conn id -> its socket
         self._remote: dict[int, str] = {}               # shared: conn id -> endpoint string
         self._dials: dict[int, str] = {}                # shared: dial conn id -> endpoint
-        self._totals: Counter[str] = Counter()          # shared
+        self._totals: Counter[str] = Counter()          # shared: CarrierStats fields only
+        self._io: Counter[str] = Counter()              # I/O thread: send_dropped, gso_sends
         self._cmds: deque[tuple] = deque()              # shared
         self._wake_pending = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -260,7 +272,8 @@ class UdpCarrier:
             out: Counter[str] = Counter()
             for where in self._socks:
                 out.update(where.endpoint.counters)
-            return dict(out)
+        out.update(self._io)
+        return dict(out)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -352,16 +365,26 @@ class UdpCarrier:
         self._wake_pending = False
 
     def _read(self, where: _Socket, into: list) -> None:
-        sock = where.sock
+        sock, gro = where.sock, where.gro
         for _ in range(_READS_PER_TURN):
             try:
-                data, addr = sock.recvfrom(65535)
+                if gro:
+                    data, anc, _flags, addr = sock.recvmsg(65535, _GRO_ANC)
+                else:
+                    data, addr = sock.recvfrom(65535)
+                    anc = ()
             except BlockingIOError:
                 return
             except OSError:
                 self._read_errors(where)
                 continue
-            into.append((where, (addr[0], addr[1]), data))
+            peer = (addr[0], addr[1])
+            stride = next((int.from_bytes(d[:4], "little") for lvl, typ, d in anc
+                           if lvl == _SOL_UDP and typ == _UDP_GRO and len(d) >= 2), 0)
+            if 0 < stride < len(data):  # several datagrams of one sender, coalesced
+                into.extend((where, peer, data[i:i + stride]) for i in range(0, len(data), stride))
+            else:
+                into.append((where, peer, data))
 
     def _read_errors(self, where: _Socket) -> None:
         """ICMP errors on the error queue: the address each one was for."""
@@ -390,20 +413,59 @@ class UdpCarrier:
                 ep.handle_timer(now)
                 out.extend((where, addr, data) for addr, data in ep.transmit(now))
                 events.extend((where, e) for e in ep.events())
-        for where, addr, data in out:
-            try:
-                where.sock.sendto(data, addr)
-            except BlockingIOError:
-                self._totals["send_dropped"] += 1  # a lost datagram: resent if it was a segment
-            except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self._read_errors(where)
-                else:
-                    self._log.warning("send_failed", peer=str(addr), error=str(exc))
+        self._send_all(out)
         for where, event in events:
             self._deliver(where, event, now)
         if self._stopping:
             self._running = False
+
+    def _send_all(self, out: list[tuple[_Socket, Hashable, bytes]]) -> None:
+        """Send in order; runs of equal-size datagrams to one address go in one
+        ``UDP_SEGMENT`` sendmsg (the last of a run may be shorter), the rest one by one."""
+        i, n = 0, len(out)
+        while i < n:
+            where, addr, first = out[i]
+            j, total, size = i + 1, len(first), len(first)
+            if where.gso:
+                while (j < n and j - i < _GSO_MAX_SEGMENTS and out[j][0] is where
+                       and out[j][1] == addr and total + len(out[j][2]) <= _GSO_MAX_BYTES
+                       and len(out[j][2]) <= size and len(out[j - 1][2]) == size):
+                    total += len(out[j][2])
+                    j += 1
+            if j - i > 1 and self._send_segmented(where, addr, [d for _, _, d in out[i:j]], size):
+                i = j
+                continue
+            for k in range(i, j):
+                self._send_one(where, addr, out[k][2])
+            i = j
+
+    def _send_segmented(self, where: _Socket, addr: Hashable, parts: list[bytes], size: int) -> bool:
+        try:
+            where.sock.sendmsg([b"".join(parts)],
+                               [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
+            self._io["gso_sends"] += 1
+            return True
+        except BlockingIOError:
+            self._io["send_dropped"] += len(parts)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                self._read_errors(where)
+                return True
+            where.gso = False  # no segmentation offload here (EIO, EINVAL): one by one
+            self._log.info("udp_gso_off", error=str(exc))
+            return False
+
+    def _send_one(self, where: _Socket, addr: Hashable, data: bytes) -> None:
+        try:
+            where.sock.sendto(data, addr)
+        except BlockingIOError:
+            self._io["send_dropped"] += 1  # a lost datagram: resent if it was a segment
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                self._read_errors(where)
+            else:
+                self._log.warning("send_failed", peer=str(addr), error=str(exc))
 
     def _command(self, cmd: tuple, now: float) -> None:  # lock held
         kind = cmd[0]
