@@ -159,6 +159,7 @@ class _Conn:
         self.ooo: dict[int, bytes] = {}
         self.rbuf = bytearray()          # in-order stream bytes not yet parsed
         self.ready: deque[bytes] = deque()  # whole frames held while paused
+        self.ready_bytes = 0
         self.paused = False
         self.ack_due = False
         self.ack_ping = False
@@ -411,7 +412,7 @@ class DatagramEndpoint:
         if seq != conn.rcv_next:
             conn.ooo[seq] = payload
             return
-        if self._window_left(conn) == 0 and len(conn.ready) + len(conn.rbuf) // self.mss > 2 * self.window:
+        if conn.paused and self._window_left(conn) == 0 and (conn.ready_bytes + len(conn.rbuf)) // self.mss > 2 * self.window:
             return  # a peer ignoring our window (we are paused): it resends later
         conn.rbuf += payload
         conn.rcv_next += 1
@@ -444,6 +445,7 @@ class DatagramEndpoint:
             if len(buf) - pos < _LEN.size + n:
                 break
             conn.ready.append(bytes(buf[pos + _LEN.size:pos + _LEN.size + n]))
+            conn.ready_bytes += n
             pos += _LEN.size + n
         del buf[:pos]
         self._deliver(conn)
@@ -451,7 +453,9 @@ class DatagramEndpoint:
     def _deliver(self, conn: _Conn, force: bool = False) -> None:
         while conn.ready and (force or not conn.paused):
             conn.frames_in += 1
-            self._events.append(Received(conn.id, conn.ready.popleft()))
+            frame = conn.ready.popleft()
+            conn.ready_bytes -= len(frame)
+            self._events.append(Received(conn.id, frame))
 
     def _on_ack(self, conn: _Conn, data: bytes, now: float) -> None:
         if conn.state == "connecting":
@@ -569,7 +573,7 @@ class DatagramEndpoint:
         conn.ts_recent = 0
 
     def _window_left(self, conn: _Conn) -> int:
-        held = len(conn.ooo) + (len(conn.rbuf) + sum(map(len, conn.ready))) // self.mss
+        held = len(conn.ooo) + (len(conn.rbuf) + conn.ready_bytes) // self.mss
         return max(0, min(0xFFFF, self.window - held))
 
     def _resend(self, conn: _Conn, seg: _Segment, now: float) -> None:
