@@ -140,3 +140,25 @@ def test_ip_crosses_a_transit_node_over_udp_links(tmp_path):
         got = transfer(a, c, data)
         assert got["bytes"] == len(data) and got["sha256"] == got["sent_sha256"], got
         assert lab.get(b, "/v1/datapath")["counters"].get("forwarded", 0) > 0
+
+
+def test_a_packet_over_the_overlay_mtu_gets_packet_too_big_and_pmtu_discovery_works(tmp_path):
+    """The admin raises a's TUN MTU above what the node promised (1420): a's kernel then
+    sends 3,000-byte packets whole, the data path answers Packet Too Big with 1420, and
+    the kernel learns it: a large ping without DF gets through in fragments."""
+    with TunLab(tmp_path, ("a", "b"), extra_args=("--probe-interval", "0.2")) as lab:
+        lab.build()
+        lab.start_all()
+        a, b = lab.nodes["a"], lab.nodes["b"]
+        lab.wait_for(lambda: routed(lab, a, b), 30, "a to route to b")
+        assert ping(lab, a, b)["ok"] >= 4
+        subprocess.run(["ip", "-n", a.ns, "link", "set", "dev", "sporenet0", "mtu", "9000"],
+                       check=True)
+        df = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-6", "-n", "-c", "2", "-W", "1",
+                             "-M", "do", "-s", "3000", b.address],
+                            capture_output=True, text=True, timeout=30)
+        assert "mtu=1420" in df.stdout + df.stderr, df.stdout + df.stderr
+        assert lab.get(a, "/v1/datapath")["counters"].get("too_big", 0) >= 1
+        big = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-6", "-n", "-c", "3", "-W", "2",
+                              "-s", "3000", b.address], capture_output=True, text=True, timeout=30)
+        assert re.search(r"[1-9] received", big.stdout), big.stdout + big.stderr

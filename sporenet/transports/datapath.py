@@ -138,6 +138,9 @@ class DataPath:
             raise ValueError("address must be the node's 16-byte overlay address")
         plane = plane if plane is not None else DataPlane()
         self._tun, self._address, self._prefix = tun, address, address[:_PREFIX]
+        # the overlay MTU this node promised (its TUN's at start); an admin who raises the
+        # device's MTU later gets Packet Too Big for what exceeds it, as from a router
+        self._mtu = getattr(tun, "mtu", 0) or 0
         self._send, self._clock = send if send is not None else plane.send, clock
         self._want_session = want_session or (lambda key: None)
         self._on_confirm = on_confirm or (lambda index: None)
@@ -251,6 +254,11 @@ class DataPath:
         if dst[0] & 0xFE != 0x06:  # not in 600::/7: link-local chatter, multicast
             c["not_overlay"] += 1
             return
+        if self._mtu and frame[1] & ~vnet.GSO_ECN == vnet.GSO_NONE and \
+                len(frame) - vnet.SIZE > self._mtu:
+            c["too_big"] += 1  # a GSO superpacket's segments are cut to the MTU; this is not
+            self._icmp_back(frame, too_big=self._mtu)
+            return
         prefix = dst[:_PREFIX]
         reach = self.reach.value
         if not reach.may_send(prefix):
@@ -351,13 +359,14 @@ class DataPath:
             if not q:
                 del self._pending[prefix]
 
-    def _icmp_back(self, frame: bytes, code: int) -> None:
+    def _icmp_back(self, frame: bytes, code: int = 0, too_big: int = 0) -> None:
         packet = memoryview(frame)[vnet.SIZE:]
         if not icmp6.should_answer(packet):
             return
+        answer = (icmp6.packet_too_big(self._address, packet, too_big) if too_big
+                  else icmp6.destination_unreachable(self._address, packet, code))
         try:
-            self._tun.write(vnet.PLAIN.encode()
-                            + icmp6.destination_unreachable(self._address, packet, code))
+            self._tun.write(vnet.PLAIN.encode() + answer)
             self.counters["icmp_sent"] += 1
         except OSError:
             self.counters["tun_write_failed"] += 1
