@@ -344,3 +344,26 @@ def test_send_is_thread_safe(harness):
     for t in range(n_threads):  # each sender's frames arrive whole and in its order
         mine = [f for f in frames if f.startswith(b"%d:" % t)]
         assert mine == [b"%d:%d" % (t, i) for i in range(per_thread)]
+
+
+def test_a_stalled_connection_does_not_stall_the_others(harness):
+    """Per-connection backpressure: one peer that stops reading fills only its own
+    queue; the sender's other connections keep moving."""
+    a, slow = harness.side(send_buffer=1024 * 1024), harness.side()
+    fast = harness.side()
+    a.carrier.dial(slow.carrier.listen(harness.any_endpoint()))
+    c_slow = a.rec.first(Connected, "link to the slow peer").conn_id
+    s_id = slow.rec.first(Connected).conn_id
+    slow.carrier.pause_reading(s_id)
+    a.carrier.dial(fast.carrier.listen(harness.any_endpoint()))
+    c_fast = a.rec.wait_for(lambda ev: next((e.conn_id for e in ev if isinstance(e, Connected)
+                                             and e.conn_id != c_slow), None), "link to the fast peer")
+    f_id = fast.rec.first(Connected).conn_id
+    deadline = time.monotonic() + TIMEOUT
+    while a.carrier.send(c_slow, b"s" * 65536):  # until the slow link's queue is full
+        assert time.monotonic() < deadline, "the slow link's queue never filled"
+    for i in range(2_000):
+        assert a.carrier.send(c_fast, b"f%d" % i)
+    assert fast.rec.wait_frames(f_id, 2_000) == [b"f%d" % i for i in range(2_000)]
+    slow.carrier.resume_reading(s_id)
+    assert slow.rec.wait_for(lambda ev: len(slow.rec.frames(s_id)) > 0, "the slow peer to read")
