@@ -235,6 +235,23 @@ def test_strangers_get_no_larger_answer_than_they_sent():
     assert b.counters["malformed"] == 1
 
 
+def test_answers_to_a_spoofed_flood_are_rate_limited_and_a_real_dial_still_gets_in():
+    net = Net()
+    b = net.add(B, listening=True)
+    rng = random.Random(1)
+    answers = 0
+    for i in range(2_000):  # one virtual second of strangers' data, from many "sources"
+        b.receive((f"10.8.{i % 250}.{i // 250}", 9), bytes([dg.DATA]) + rng.randbytes(60),
+                  net.now + i / 2_000)
+        answers += len(b.transmit(net.now + i / 2_000))
+    assert answers <= dg.ANSWER_BURST + dg.ANSWER_RATE + 1, answers
+    assert b.counters["answers_suppressed"] >= 2_000 - answers - 1
+    net.now += 1.0
+    a = net.add(A)
+    a.connect(B, net.now)
+    assert net.run(5, lambda: net.of(A, dg.Opened))
+
+
 def test_a_packet_from_the_wrong_address_is_ignored():
     net = Net()
     a, b, ca, cb = pair(net)

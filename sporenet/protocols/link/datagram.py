@@ -69,6 +69,7 @@ RESET_GRACEFUL = 0x01  # an orderly end (shutdown), not a fault
 RESET_YOURS = 0x02     # the token is the one the receiver gave us, not ours: we lost it
 _STRANGER = "it does not know this connection (restarted?)"
 MAX_TOMBSTONES = 4_096
+ANSWER_RATE, ANSWER_BURST = 200.0, 200.0  # answers to unproven sources, per second
 
 DEFAULT_MSS = 1_400              # stream bytes per DATA: an IPv6 + UDP packet fits 1,500
 DEFAULT_WINDOW = 512             # segments we buffer beyond what was delivered
@@ -207,9 +208,11 @@ class DatagramEndpoint:
         self._timers: list[tuple[float, int, int]] = []  # (due, seq, conn id), lazily invalid
         self._tseq = itertools.count()
         self.closed_totals: Counter[str] = Counter()  # counts of connections now gone
+        self._answers, self._answers_at = ANSWER_BURST, 0.0
         self.counters: dict[str, int] = {k: 0 for k in (
             "malformed", "unknown_token", "wrong_source", "retransmits", "resets_sent",
-            "pending_evicted", "handshake_timeouts", "dgram_in", "dgram_out", "dgram_too_big")}
+            "pending_evicted", "handshake_timeouts", "dgram_in", "dgram_out", "dgram_too_big",
+            "answers_suppressed")}
 
     # ----- the owner's calls ------------------------------------------------------------
 
@@ -319,7 +322,7 @@ class DatagramEndpoint:
         token = int.from_bytes(data[1:5], "big")
         conn = self._by_token.get(token)
         if conn is None:
-            self._on_stranger(addr, kind, token, data)
+            self._on_stranger(addr, kind, token, data, now)
             return
         if conn.addr != addr:
             self.counters["wrong_source"] += 1
@@ -350,6 +353,8 @@ class DatagramEndpoint:
             return
         _, peer_token, version = _CONNECT.unpack_from(data)
         if version != VERSION:
+            if not self._answer_ok(now):
+                return
             # short enough to be smaller than the CONNECT: no gain in reflecting it
             self._reset(addr, peer_token, False, f"version {version} unsupported"[:CONNECT_SIZE - 6])
             return
@@ -366,12 +371,26 @@ class DatagramEndpoint:
             self._dirty.add(conn)
             self._events.append(Opened(conn.id, False, addr))
         # answer again for a retransmitted CONNECT: our ACCEPT may have been lost
-        self._out.append((addr, _ACCEPT.pack(ACCEPT, peer_token, conn.token)))
+        if self._answer_ok(now):
+            self._out.append((addr, _ACCEPT.pack(ACCEPT, peer_token, conn.token)))
 
-    def _on_stranger(self, addr: Hashable, kind: int, token: int, data: bytes) -> None:
+    def _answer_ok(self, now: float) -> bool:
+        """A token bucket for what we send to a source that has not proven anything (an
+        ACCEPT, a RESET to a stranger, a repeated final ACK): each answer is smaller
+        than what provoked it, and this bounds their rate too, so a spoofed flood makes
+        us a slow, small reflector at worst."""
+        self._answers = min(ANSWER_BURST, self._answers + (now - self._answers_at) * ANSWER_RATE)
+        self._answers_at = now
+        if self._answers < 1.0:
+            self.counters["answers_suppressed"] += 1
+            return False
+        self._answers -= 1.0
+        return True
+
+    def _on_stranger(self, addr: Hashable, kind: int, token: int, data: bytes, now: float) -> None:
         stone = self._tombstones.get(token)
         if stone is not None and stone[0] == addr:
-            if kind == DATA:  # our last ACK was lost: repeat it so the peer can finish
+            if kind == DATA and self._answer_ok(now):  # our last ACK was lost: repeat it
                 _, peer_token, ack, _until = stone
                 self._out.append((addr, _ACK.pack(ACK, peer_token, ack, 0, 0, 0, 0)))
             return
@@ -382,7 +401,7 @@ class DatagramEndpoint:
                 self._on_reset(conn, data)
                 return
         self.counters["unknown_token"] += 1
-        if kind in (DATA, ACK):
+        if kind in (DATA, ACK) and self._answer_ok(now):
             # the peer holds a connection we do not know (we restarted): say so in a
             # bare header, smaller than what it sent, naming the token it used
             self._reset(addr, token, False, "", RESET_YOURS)
