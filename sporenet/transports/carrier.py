@@ -40,11 +40,16 @@ Contract details every carrier keeps (tests/test_carriers.py checks them):
 
 from __future__ import annotations
 
+import errno
 import itertools
+import socket
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
 from sporenet.protocols.base import Event
+from sporenet.protocols.errors import LocalProtocolError
+
+from .errors import TransportError
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,50 @@ def split_endpoint(endpoint: str) -> tuple[str, str]:
     if not sep or not scheme:
         raise ValueError(f"endpoint {endpoint!r} has no scheme (want scheme://address)")
     return scheme, rest
+
+
+def parse_host_port_endpoint(endpoint: str, scheme: str) -> tuple[str, int]:
+    """``"tcp://127.0.0.1:80"`` -> ``("127.0.0.1", 80)``; ``"udp://[::1]:0"`` -> ``("::1", 0)``.
+    ValueError naming what is wrong, also when the scheme is not ``scheme``."""
+    got, rest = split_endpoint(endpoint)
+    if got != scheme:
+        raise ValueError(f"endpoint {endpoint!r} is not {scheme}://")
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+    else:
+        host, sep, port = rest.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"IPv6 host in {endpoint!r} needs brackets: {scheme}://[addr]:port")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"endpoint {endpoint!r} is not {scheme}://HOST:PORT")
+    return host, int(port)
+
+
+def format_host_port_endpoint(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def listen_address(endpoint: str, scheme: str, sock_type: int) -> tuple[int, tuple]:
+    """``(family, sockaddr)`` to bind for ``listen(endpoint)``. Raises
+    ``LocalProtocolError`` for an endpoint that does not parse (the caller's), and
+    ``TransportError`` for a host that does not resolve."""
+    try:
+        host, port = parse_host_port_endpoint(endpoint, scheme)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=sock_type,
+                                                   flags=socket.AI_PASSIVE)[0]
+    except OSError as exc:
+        raise TransportError(f"cannot resolve {host!r}: {exc}") from None
+    return family, addr
+
+
+def listen_failed(endpoint: str, exc: OSError) -> TransportError:
+    """The error for a bind or listen that failed, with what to do when the port is taken."""
+    hint = ("; another process holds that port: choose another one (port 0 lets the "
+            "kernel pick) or stop that process") if exc.errno == errno.EADDRINUSE else ""
+    return TransportError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}")
 
 
 _conn_ids = itertools.count(1)

@@ -72,11 +72,15 @@ from .carrier import (
     Disconnected,
     EventCallback,
     FrameReceived,
+    format_host_port_endpoint,
+    listen_address,
+    listen_failed,
     new_conn_id,
-    split_endpoint,
+    parse_host_port_endpoint,
 )
-from .errors import TransportClosed, TransportError
+from .errors import TransportClosed
 from .log_limit import LimitedLogger
+from .wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
 
@@ -96,22 +100,11 @@ _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 def parse_tcp_endpoint(endpoint: str) -> tuple[str, int]:
     """``"tcp://127.0.0.1:80"`` -> ``("127.0.0.1", 80)``; ``"tcp://[::1]:0"`` -> ``("::1", 0)``."""
-    scheme, rest = split_endpoint(endpoint)
-    if scheme != "tcp":
-        raise ValueError(f"endpoint {endpoint!r} is not tcp://")
-    if rest.startswith("["):
-        host, sep, port = rest[1:].partition("]:")
-    else:
-        host, sep, port = rest.rpartition(":")
-        if ":" in host:
-            raise ValueError(f"IPv6 host in {endpoint!r} needs brackets: tcp://[addr]:port")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"endpoint {endpoint!r} is not tcp://HOST:PORT")
-    return host, int(port)
+    return parse_host_port_endpoint(endpoint, "tcp")
 
 
 def format_tcp_endpoint(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+    return format_host_port_endpoint("tcp", host, port)
 
 
 class _Conn:
@@ -168,13 +161,10 @@ class TcpCarrier:
         self._totals: Counter[str] = Counter()
         self._stopped = False
         self._cmds: deque[tuple] = deque()
-        self._wake_pending = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         # I/O thread only:
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self._wake_r, _R, "wake")
+        self._sel.register(self._wakeup.reader, _R, "wake")
         self._listeners: list[socket.socket] = []
         self._live: set[_Conn] = set()            # every conn that still has a socket
         # connecting and lingering conns: conn -> due, and a heap of (due, seq, conn)
@@ -199,15 +189,7 @@ class TcpCarrier:
     # ----- thread-safe API -------------------------------------------------------------
 
     def listen(self, endpoint: str) -> str:
-        try:
-            host, port = parse_tcp_endpoint(endpoint)
-        except ValueError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        try:
-            family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                       flags=socket.AI_PASSIVE)[0]
-        except OSError as exc:
-            raise TransportError(f"cannot resolve {host!r}: {exc}") from None
+        family, addr = listen_address(endpoint, "tcp", socket.SOCK_STREAM)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,9 +200,7 @@ class TcpCarrier:
             self._post(("adopt", sock))
         except OSError as exc:
             sock.close()
-            hint = ("; another process holds that port: choose another one (port 0 lets the "
-                    "kernel pick) or stop that process") if exc.errno == errno.EADDRINUSE else ""
-            raise TransportError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}") from None
+            raise listen_failed(endpoint, exc) from None
         except TransportClosed:
             sock.close()
             raise
@@ -293,7 +273,7 @@ class TcpCarrier:
             if not self._stopped:
                 self._stopped = True
                 self._cmds.append(("stop",))
-                self._wake()
+                self._wakeup.wake()
         if threading.current_thread() is not self._thread:
             self._thread.join()
             if self._resolver is not None:
@@ -304,17 +284,8 @@ class TcpCarrier:
             if self._stopped:
                 raise TransportClosed("carrier is shut down")
             self._cmds.append(cmd)
-        self._wake()
+        self._wakeup.wake()
 
-    def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._wake_w.send(b"\0")
-            except BlockingIOError:
-                pass  # the I/O thread has wake-ups unread already
-            except OSError:
-                pass  # torn down meanwhile; the command was settled by the teardown
 
     # ----- I/O thread --------------------------------------------------------------------
 
@@ -332,12 +303,7 @@ class TcpCarrier:
 
     def _dispatch(self, what: object, mask: int) -> None:
         if what == "wake":
-            try:  # drain first, then clear: a post racing with us always leaves a byte
-                while self._wake_r.recv(4096):
-                    pass
-            except BlockingIOError:
-                pass
-            self._wake_pending = False
+            self._wakeup.drain()
             while self._cmds and self._running:
                 cmd = self._cmds.popleft()
                 self._handlers[cmd[0]](*cmd[1:])
@@ -715,5 +681,4 @@ class TcpCarrier:
         if self._resolver is not None:
             self._resolver.shutdown(wait=False, cancel_futures=True)
         self._sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()

@@ -60,11 +60,15 @@ from .carrier import (
     Disconnected,
     EventCallback,
     FrameReceived,
+    format_host_port_endpoint,
+    listen_address,
+    listen_failed,
     new_conn_id,
-    split_endpoint,
+    parse_host_port_endpoint,
 )
-from .errors import TransportClosed, TransportError
+from .errors import TransportClosed
 from .log_limit import LimitedLogger
+from .wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
 
@@ -84,22 +88,11 @@ _R = selectors.EVENT_READ
 
 def parse_udp_endpoint(endpoint: str) -> tuple[str, int]:
     """``"udp://127.0.0.1:80"`` -> ``("127.0.0.1", 80)``; ``"udp://[::1]:0"`` -> ``("::1", 0)``."""
-    scheme, rest = split_endpoint(endpoint)
-    if scheme != "udp":
-        raise ValueError(f"endpoint {endpoint!r} is not udp://")
-    if rest.startswith("["):
-        host, sep, port = rest[1:].partition("]:")
-    else:
-        host, sep, port = rest.rpartition(":")
-        if ":" in host:
-            raise ValueError(f"IPv6 host in {endpoint!r} needs brackets: udp://[addr]:port")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"endpoint {endpoint!r} is not udp://HOST:PORT")
-    return host, int(port)
+    return parse_host_port_endpoint(endpoint, "udp")
 
 
 def format_udp_endpoint(host: str, port: int) -> str:
-    return f"udp://[{host}]:{port}" if ":" in host else f"udp://{host}:{port}"
+    return format_host_port_endpoint("udp", host, port)
 
 
 class _Socket:
@@ -150,14 +143,11 @@ class UdpCarrier:
         self._totals: Counter[str] = Counter()          # shared: CarrierStats fields only
         self._io: Counter[str] = Counter()              # I/O thread: send_dropped, gso_sends
         self._cmds: deque[tuple] = deque()              # shared
-        self._wake_pending = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self._resolver: ThreadPoolExecutor | None = None
         # I/O thread only:
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self._wake_r, _R, None)
+        self._sel.register(self._wakeup.reader, _R, None)
         self._late: list[DialFailed] = []  # lock held: failures found before a dial started
         self._stopping = False
         self._running = True
@@ -167,23 +157,13 @@ class UdpCarrier:
     # ----- thread-safe API -------------------------------------------------------------
 
     def listen(self, endpoint: str) -> str:
-        try:
-            host, port = parse_udp_endpoint(endpoint)
-        except ValueError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        try:
-            family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
-                                                       flags=socket.AI_PASSIVE)[0]
-        except OSError as exc:
-            raise TransportError(f"cannot resolve {host!r}: {exc}") from None
+        family, addr = listen_address(endpoint, "udp", socket.SOCK_DGRAM)
         sock = self._socket(family)
         try:
             sock.bind(addr)
         except OSError as exc:
             sock.close()
-            hint = ("; another process holds that port: choose another one (port 0 lets the "
-                    "kernel pick) or stop that process") if exc.errno == errno.EADDRINUSE else ""
-            raise TransportError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}") from None
+            raise listen_failed(endpoint, exc) from None
         bound = format_udp_endpoint(*sock.getsockname()[:2])
         try:
             self._post(("adopt", self._wrap(sock, listening=True)))
@@ -214,7 +194,7 @@ class UdpCarrier:
             except KeyError:
                 raise TransportClosed(f"connection {conn_id} is closed") from None
         if ok:
-            self._wake()
+            self._wakeup.wake()
         return ok
 
     def send_datagram(self, conn_id: int, frame: bytes) -> bool:
@@ -226,7 +206,7 @@ class UdpCarrier:
                 return False
             ok = where.endpoint.send_datagram(conn_id, frame)
         if ok:
-            self._wake()
+            self._wakeup.wake()
         return ok
 
     def close(self, conn_id: int, reason: str = "closed") -> None:
@@ -235,7 +215,7 @@ class UdpCarrier:
             if where is None or self._stopped:
                 return
             where.endpoint.close(conn_id, reason, time.monotonic())
-        self._wake()
+        self._wakeup.wake()
 
     def pause_reading(self, conn_id: int) -> None:
         self._call(conn_id, lambda ep: ep.pause(conn_id, True))
@@ -280,7 +260,7 @@ class UdpCarrier:
             if not self._stopped:
                 self._stopped = True
                 self._cmds.append(("stop",))
-                self._wake()
+                self._wakeup.wake()
         if threading.current_thread() is not self._thread:
             self._thread.join()
             if self._resolver is not None:
@@ -294,22 +274,14 @@ class UdpCarrier:
             if where is None:
                 return
             fn(where.endpoint)
-        self._wake()
+        self._wakeup.wake()
 
     def _post(self, cmd: tuple) -> None:
         with self._lock:
             if self._stopped:
                 raise TransportClosed("carrier is shut down")
             self._cmds.append(cmd)
-        self._wake()
-
-    def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._wake_w.send(b"\0")
-            except OSError:
-                pass  # full (a wake-up is unread) or torn down
+        self._wakeup.wake()
 
     def _socket(self, family: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -347,22 +319,12 @@ class UdpCarrier:
                 inbound: list[tuple[_Socket, Hashable, bytes]] = []
                 for key, _mask in ready:
                     if key.data is None:
-                        self._drain_wake()
+                        self._wakeup.drain()
                     else:
                         self._read(key.data, inbound)
                 self._turn(inbound, now)
         finally:
             self._teardown()
-
-    def _drain_wake(self) -> None:
-        # drain first, then clear the flag: a wake-up that came while draining was read
-        # with the rest, and whatever it announced is handled by the turn that follows
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
-        self._wake_pending = False
 
     def _read(self, where: _Socket, into: list) -> None:
         sock, gro = where.sock, where.gro
@@ -575,5 +537,4 @@ class UdpCarrier:
                 pass
             where.sock.close()
         self._sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()
