@@ -259,8 +259,7 @@ class DatagramEndpoint:
         if conn is None or conn.state in ("closing", "gone"):
             return
         if conn.state == "connecting":
-            self._forget(conn)
-            self._events.append(Closed(conn.id, reason, False))
+            self._end(conn, reason, False)
             return
         conn.state, conn.close_reason = "closing", reason
         raw = reason.encode()[:512]
@@ -269,15 +268,14 @@ class DatagramEndpoint:
         conn.closing_since = now
         self._dirty.add(conn)
 
-    def abort(self, conn_id: int, reason: str, graceful: bool = True) -> None:
+    def abort(self, conn_id: int, reason: str) -> None:
         """Drop the connection now and tell the peer once (shutdown, eviction)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         if conn.state != "connecting":
-            self._reset(conn.addr, conn.peer_token, graceful, reason)
-        self._forget(conn)
-        self._events.append(Closed(conn.id, reason, False))
+            self._reset(conn.addr, conn.peer_token, True, reason)
+        self._end(conn, reason, False)
 
     def pause(self, conn_id: int, paused: bool) -> None:
         conn = self.conns.get(conn_id)
@@ -297,8 +295,7 @@ class DatagramEndpoint:
     def unreachable(self, addr: Hashable, reason: str) -> None:
         """The network said ``addr`` does not answer (ICMP): dials to it fail now."""
         for conn in [c for c in self.conns.values() if c.addr == addr and c.state == "connecting"]:
-            self._forget(conn)
-            self._events.append(OpenFailed(conn.id, reason))
+            self._fail(conn, reason)
 
     def events(self) -> list[DatagramEvent]:
         out, self._events = self._events, []
@@ -458,8 +455,7 @@ class DatagramEndpoint:
                 self._peer_closed(conn, f"closed by peer: {reason}", now)
                 return
             if n > self.max_frame:
-                self._broken(conn, f"peer sent a frame of {n} bytes (limit {self.max_frame})",
-                             reset=True)
+                self._broken(conn, f"peer sent a frame of {n} bytes (limit {self.max_frame})")
                 return
             if len(buf) - pos < _LEN.size + n:
                 break
@@ -511,7 +507,7 @@ class DatagramEndpoint:
         elif progress:
             conn.rto_due = now + conn.rto
         if conn.state == "closing" and conn.fin_queued and not conn.stream and not flight:
-            self._finish(conn, conn.close_reason, False, now)
+            self._end(conn, conn.close_reason, False)
 
     def _rtt_sample(self, conn: _Conn, rtt: float) -> None:
         if conn.srtt is None:
@@ -526,12 +522,10 @@ class DatagramEndpoint:
         reason = data[_RESET.size:_RESET.size + 512].decode("utf-8", "replace") or (
             _STRANGER if data[5] & RESET_YOURS else "reset")
         if conn.state == "connecting":
-            self._forget(conn)
-            self._events.append(OpenFailed(conn.id, f"refused by peer: {reason}"))
+            self._fail(conn, f"refused by peer: {reason}")
             return
-        self._forget(conn)
         verb = "closed by peer" if graceful else "reset by peer"
-        self._events.append(Closed(conn.id, f"{verb}: {reason}", not graceful))
+        self._end(conn, f"{verb}: {reason}", not graceful)
 
     # ----- output and timers -------------------------------------------------------------
 
@@ -603,8 +597,7 @@ class DatagramEndpoint:
 
     def _send_connect(self, conn: _Conn, now: float) -> None:
         if now - conn.created >= self.dial_timeout:
-            self._forget(conn)
-            self._events.append(OpenFailed(conn.id, f"no answer within {self.dial_timeout:g} s"))
+            self._fail(conn, f"no answer within {self.dial_timeout:g} s")
             return
         packet = _CONNECT.pack(CONNECT, conn.token, VERSION)
         self._out.append((conn.addr, packet + bytes(CONNECT_SIZE - len(packet))))
@@ -644,8 +637,7 @@ class DatagramEndpoint:
         if conn.state == "closing" and now - conn.closing_since >= self.linger:
             # the queue did not drain in time: tell the peer, which would otherwise wait
             self._reset(conn.addr, conn.peer_token, False, "closed before its queue was delivered")
-            self._forget(conn)
-            self._events.append(Closed(conn.id, conn.close_reason, False))
+            self._end(conn, conn.close_reason, False)
             return
         if (not conn.outbound and conn in self._pending
                 and now - conn.created >= self.hello_timeout):
@@ -653,12 +645,12 @@ class DatagramEndpoint:
             self.abort(conn.id, f"no hello within {self.hello_timeout:g} s")
             return
         if now - conn.last_heard >= self.dead_after:
-            self._broken(conn, f"peer silent for {self.dead_after:g} s", reset=True)
+            self._broken(conn, f"peer silent for {self.dead_after:g} s")
             return
         if conn.flight:
             oldest = next(iter(conn.flight.values()))
             if now - oldest.first_sent >= self.dead_after:
-                self._broken(conn, f"nothing acknowledged for {self.dead_after:g} s", reset=True)
+                self._broken(conn, f"nothing acknowledged for {self.dead_after:g} s")
                 return
             if conn.rto_due is not None and conn.rto_due <= now:
                 self._resend(conn, oldest, now)
@@ -723,18 +715,20 @@ class DatagramEndpoint:
         self._tombstones[conn.token] = (conn.addr, conn.peer_token, conn.rcv_next,
                                         now + TIME_WAIT)
         mine = conn.state == "closing"
-        self._forget(conn)
-        self._events.append(Closed(conn.id, conn.close_reason if mine else reason, False))
+        self._end(conn, conn.close_reason if mine else reason, False)
 
-    def _finish(self, conn: _Conn, reason: str, broken: bool, now: float) -> None:
+    def _end(self, conn: _Conn, reason: str, broken: bool) -> None:
         self._forget(conn)
         self._events.append(Closed(conn.id, reason, broken))
 
-    def _broken(self, conn: _Conn, reason: str, reset: bool) -> None:
-        if reset:
-            self._reset(conn.addr, conn.peer_token, False, reason)
+    def _fail(self, conn: _Conn, reason: str) -> None:
         self._forget(conn)
-        self._events.append(Closed(conn.id, reason, True))
+        self._events.append(OpenFailed(conn.id, reason))
+
+    def _broken(self, conn: _Conn, reason: str) -> None:
+        """A fault: tell the peer, then report the connection broken."""
+        self._reset(conn.addr, conn.peer_token, False, reason)
+        self._end(conn, reason, True)
 
     def _forget(self, conn: _Conn) -> None:
         if self.conns.pop(conn.id, None) is not None:
