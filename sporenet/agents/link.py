@@ -90,6 +90,8 @@ class LinkAgent(ProtocolAgent):
             "tcp": lambda cb: TcpCarrier(cb, name="tcp", rx_filter=rx_filter),
             "udp": lambda cb: UdpCarrier(cb, name="udp", rx_filter=rx_filter)})
         self._rx_time = 0.0
+        self._counters_at = 0.0   # when _carrier_counters last looked
+        self._carrier_seen: tuple | None = None
         # (peer, probe seq) -> how long the probe waited on the bus before it left.
         self._probe_delays: dict[tuple[bytes, int], float] = {}
         self._listening = tuple(self._carrier.listen(ep) for ep in self.options.get("listen", ()))
@@ -198,13 +200,13 @@ class LinkAgent(ProtocolAgent):
         if self.protocol is None:
             return
         now = self.clock.now()
-        if now - getattr(self, "_counters_at", 0.0) < 1.0:
+        if now - self._counters_at < 1.0:
             return
         self._counters_at = now
         stats = self._carrier.stats()
         seen = (stats.pending, stats.pending_evicted, stats.accept_paused, stats.accepted,
                 stats.malformed_frames)
-        if seen != getattr(self, "_carrier_seen", None):
+        if seen != self._carrier_seen:
             self._carrier_seen = seen
             self.publish(LinkCounters(self._counters()))
 

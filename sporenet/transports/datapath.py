@@ -140,7 +140,7 @@ class DataPath:
         self._tun, self._address, self._prefix = tun, address, address[:_PREFIX]
         # the overlay MTU this node promised (its TUN's at start); an admin who raises the
         # device's MTU later gets Packet Too Big for what exceeds it, as from a router
-        self._mtu = getattr(tun, "mtu", 0) or 0
+        self._mtu = tun.mtu
         self._send, self._clock = send if send is not None else plane.send, clock
         self._want_session = want_session or (lambda key: None)
         self._on_confirm = on_confirm or (lambda index: None)
@@ -254,7 +254,7 @@ class DataPath:
         if dst[0] & 0xFE != 0x06:  # not in 600::/7: link-local chatter, multicast
             c["not_overlay"] += 1
             return
-        if self._mtu and frame[1] & ~vnet.GSO_ECN == vnet.GSO_NONE and \
+        if frame[1] & ~vnet.GSO_ECN == vnet.GSO_NONE and \
                 len(frame) - vnet.SIZE > self._mtu:
             c["too_big"] += 1  # a GSO superpacket's segments are cut to the MTU; this is not
             self._icmp_back(frame, too_big=self._mtu)
