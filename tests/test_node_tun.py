@@ -140,6 +140,11 @@ def test_ip_crosses_a_transit_node_over_udp_links(tmp_path):
         got = transfer(a, c, data)
         assert got["bytes"] == len(data) and got["sha256"] == got["sent_sha256"], got
         assert lab.get(b, "/v1/datapath")["counters"].get("forwarded", 0) > 0
+        # the IP data went as chunked datagrams (not in the carrier's ordered stream), and
+        # the node says so: 20 MB is a few hundred superpackets each way through b
+        lab.wait_for(lambda: all(lab.get(n, "/v1/status")["counters"].get(
+            "udp_chunked_in", 0) > 300 for n in (b, c)), 10,
+            lambda: f"chunk counters: {[lab.get(n, '/v1/status')['counters'] for n in (b, c)]}")
 
 
 def test_a_packet_over_the_overlay_mtu_gets_packet_too_big_and_pmtu_discovery_works(tmp_path):

@@ -205,7 +205,7 @@ class LinkAgent(ProtocolAgent):
         self._counters_at = now
         stats = self._carrier.stats()
         seen = (stats.pending, stats.pending_evicted, stats.accept_paused, stats.accepted,
-                stats.malformed_frames)
+                stats.malformed_frames, self._carrier_own())
         if seen != self._carrier_seen:
             self._carrier_seen = seen
             self.publish(LinkCounters(self._counters()))
@@ -214,7 +214,13 @@ class LinkAgent(ProtocolAgent):
         stats = self._carrier.stats()
         return {**self.protocol.table.counters, "malformed_streams": stats.malformed_frames,
                 "pending_hello": stats.pending, "pending_evicted": stats.pending_evicted,
-                "accept_paused": stats.accept_paused, "inbound_accepted": stats.accepted}
+                "accept_paused": stats.accept_paused, "inbound_accepted": stats.accepted,
+                **self._carrier_own()}
+
+    def _carrier_own(self) -> dict[str, int]:
+        """What a datagram carrier counts itself: chunks repaired, frames lost, ..."""
+        own = getattr(self._carrier, "counters", None)
+        return own() if own is not None else {}
 
     def _info(self) -> dict:
         return {"listen": list(self._listening), "counters": self._counters(),

@@ -105,6 +105,14 @@ class Carriers:
             raise TransportClosed(f"no open connection {conn_id}")
         return carrier.send(conn_id, frame)
 
+    def send_bulk(self, conn_id: int, frame: bytes) -> bool:
+        """IP data: chunked datagrams on a carrier that has them (UDP), else ``send``."""
+        carrier = self._of(conn_id)
+        if carrier is None:
+            raise TransportClosed(f"no open connection {conn_id}")
+        bulk = getattr(carrier, "send_bulk", None)
+        return bulk(conn_id, frame) if bulk is not None else carrier.send(conn_id, frame)
+
     def send_datagram(self, conn_id: int, frame: bytes) -> bool:
         carrier = self._of(conn_id)
         send = getattr(carrier, "send_datagram", None)
@@ -129,6 +137,18 @@ class Carriers:
         carrier = self._of(conn_id)
         if carrier is not None:
             carrier.confirm(conn_id)
+
+    def counters(self) -> dict[str, int]:
+        """The datagram carriers' own counts (repairs, losses, ...), by scheme:
+        ``{"udp_chunks_repaired": 3, ...}``; non-zero ones only."""
+        with self._lock:
+            made = list(self._made.items())
+        out: dict[str, int] = {}
+        for scheme, carrier in made:
+            own = getattr(carrier, "counters", None)
+            if own is not None:
+                out.update((f"{scheme}_{k}", v) for k, v in own().items() if v)
+        return out
 
     def stats(self) -> CarrierStats:
         with self._lock:

@@ -96,8 +96,9 @@ class DataPlane:
         carrier = self.carrier
         if carrier is None:
             return False
-        try:
-            return carrier.send(conn_id, frame)
+        try:  # a datagram carrier sends IP data as chunks, not in its ordered stream
+            send = getattr(carrier, "send_bulk", None) or carrier.send
+            return send(conn_id, frame)
         except TransportError:  # closed under us: the link agent hears of it
             return False
 

@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 TUN_PATH = "/dev/net/tun"
 DEFAULT_MTU = 1420
 READ_SIZE = 65_536 + VNET_SIZE + 64  # a whole superpacket in one read (smaller drops it)
+# The kernel builds superpackets up to this size: sealed and framed, one still fits the
+# 64 chunks of one UDP_SEGMENT send (dataplane.md: 45 x 1,425 bytes < 65,507), so over a
+# UDP link a superpacket is never split across sends
+GSO_MAX_SIZE = 62_000
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -151,6 +155,10 @@ class TunDevice:
                 fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
                 offload = False
             _ip("link", "set", "dev", actual, "mtu", str(mtu), "up")
+            try:
+                _ip("link", "set", "dev", actual, "gso_max_size", str(GSO_MAX_SIZE))
+            except TransportError as exc:  # an old iproute2: larger superpackets go by stream
+                log.info("tun_gso_max_size_unset", device=actual, error=str(exc))
             _ip("-6", "addr", "add", f"{address}/64", "dev", actual, "nodad")
             _ip("-6", "route", "replace", str(prefix), "dev", actual, "mtu", str(mtu))
         except PermissionError:

@@ -19,9 +19,12 @@ peer sees (and a NAT maps) the port we listen on; otherwise from a per-family so
 on an ephemeral port. ``IP_RECVERR`` turns an ICMP port-unreachable into an immediate
 ``DialFailed`` instead of a dial timeout.
 
-``send_datagram(conn_id, frame)`` is this carrier's addition to ``carrier.Carrier``:
-one frame, one datagram, no retransmission; the receiver sees a ``FrameReceived``
-(through ``rx_filter`` like every frame) or nothing. ``datagram_max`` is its bound.
+``send_datagram(conn_id, frame)`` and ``send_bulk(conn_id, frame)`` are this carrier's
+additions to ``carrier.Carrier``. ``send_datagram``: one frame, one datagram, no
+retransmission; the receiver sees a ``FrameReceived`` (through ``rx_filter`` like every
+frame) or nothing; ``datagram_max`` is its bound. ``send_bulk``, the data path's: a
+superpacket cut into chunks that leave in one ``UDP_SEGMENT`` send, arrive in one
+``UDP_GRO`` read where the path has it, and are repaired on a loss report.
 
 Backpressure: outbound, ``send`` returns False once ``send_buffer`` bytes wait
 unacknowledged; inbound, ``pause_reading`` holds delivered frames and shrinks the
@@ -197,6 +200,26 @@ class UdpCarrier:
             self._wakeup.wake()
         return ok
 
+    def send_bulk(self, conn_id: int, frame: bytes) -> bool:
+        """IP data: one frame as chunked datagrams, repaired on loss reports, neither
+        ordered nor held behind the stream (``DatagramEndpoint.send_chunked``); a frame
+        over 64 chunks goes in the stream instead."""
+        frame = frame if type(frame) is bytes else bytes(frame)  # held for repairs
+        with self._lock:
+            where = self._where.get(conn_id)
+            if where is None or self._stopped:
+                raise TransportClosed(f"no open connection {conn_id}")
+            ep = where.endpoint
+            ok = ep.send_chunked(conn_id, frame, time.monotonic())
+            if not ok and len(frame) <= self.max_frame:
+                try:
+                    ok = ep.send(conn_id, frame)
+                except KeyError:
+                    raise TransportClosed(f"connection {conn_id} is closed") from None
+        if ok:
+            self._wakeup.wake()
+        return ok
+
     def send_datagram(self, conn_id: int, frame: bytes) -> bool:
         """One frame in one datagram, unreliably; False if it is over ``datagram_max`` or
         the connection is not open."""
@@ -344,7 +367,8 @@ class UdpCarrier:
             stride = next((int.from_bytes(d[:4], "little") for lvl, typ, d in anc
                            if lvl == _SOL_UDP and typ == _UDP_GRO and len(d) >= 2), 0)
             if 0 < stride < len(data):  # several datagrams of one sender, coalesced
-                into.extend((where, peer, data[i:i + stride]) for i in range(0, len(data), stride))
+                view = memoryview(data)  # chunks are copied once, when their frame is joined
+                into.extend((where, peer, view[i:i + stride]) for i in range(0, len(data), stride))
             else:
                 into.append((where, peer, data))
 
@@ -368,14 +392,19 @@ class UdpCarrier:
                 cmd = self._cmds.popleft()
                 self._command(cmd, now)
             out: list[tuple[_Socket, Hashable, bytes]] = []
+            batches: list[tuple[_Socket, Hashable, bytes, int]] = []
             events: list[tuple[_Socket | None, object]] = [(None, e) for e in self._late]
             self._late.clear()
             for where in self._socks:
                 ep = where.endpoint
                 ep.handle_timer(now)
-                out.extend((where, addr, data) for addr, data in ep.transmit(now))
+                single, chunked = ep.transmit_batches(now)
+                out.extend((where, addr, data) for addr, data in single)
+                batches.extend((where, addr, data, stride) for addr, data, stride in chunked)
                 events.extend((where, e) for e in ep.events())
         self._send_all(out)
+        for where, addr, data, stride in batches:
+            self._send_batch(where, addr, data, stride)
         for where, event in events:
             self._deliver(where, event, now)
         if self._stopping:
@@ -401,14 +430,22 @@ class UdpCarrier:
                 self._send_one(where, addr, out[k][2])
             i = j
 
+    def _send_batch(self, where: _Socket, addr: Hashable, data: bytes, stride: int) -> None:
+        """One chunked frame: one ``UDP_SEGMENT`` send, or datagram by datagram."""
+        if len(data) > stride and where.gso and self._send_segmented(where, addr, [data], stride):
+            return
+        view = memoryview(data)
+        for i in range(0, len(data), stride):
+            self._send_one(where, addr, view[i:i + stride])
+
     def _send_segmented(self, where: _Socket, addr: Hashable, parts: list[bytes], size: int) -> bool:
         try:
-            where.sock.sendmsg([b"".join(parts)],
+            where.sock.sendmsg([parts[0] if len(parts) == 1 else b"".join(parts)],
                                [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
             self._io["gso_sends"] += 1
             return True
-        except BlockingIOError:
-            self._io["send_dropped"] += len(parts)
+        except BlockingIOError:  # the socket buffer is full: every segment is lost
+            self._io["send_dropped"] += -(-sum(len(p) for p in parts) // size)
             return True
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):

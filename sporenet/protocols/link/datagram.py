@@ -14,8 +14,17 @@ Each connection carries two kinds of frame:
   smoothed RTT (RFC 6298, Karn's rule), fast retransmit after three later segments
   are acknowledged, a receive window in segments so a paused reader stops the sender.
 - **datagrams** (``send_datagram``): one frame per UDP datagram, never retransmitted,
-  possibly reordered. The data path and the prober use them: a lost datagram stays
-  lost, so the prober sees real loss and the inner TCP, not ours, recovers.
+  possibly reordered. The prober uses them: a lost datagram stays lost, so the prober
+  sees real loss.
+- **chunked frames** (``send_chunked``): the data path's superpackets (up to 64
+  chunks, ~90 KB), cut into equal chunks that leave in one ``UDP_SEGMENT`` send and
+  are delivered as soon as all of a frame's chunks are in, in whatever order frames
+  complete. No window, no ordering, no waiting behind other frames: the inner TCP does
+  congestion control, as over WireGuard. What it cannot do cheaply is lose one chunk
+  of 45 (at 2 % loss three superpackets in five would miss one), so the receiver
+  reports the holes (NACK) as soon as a later frame or a frame's last chunk shows
+  them, and the sender, which holds what it sent for a moment (``HOLD_BYTES``,
+  ``HOLD_TIME``), sends just those chunks again, at most ``MAX_NACKS`` times.
 
 Why not TCP-in-UDP for everything: over a TCP carrier one lost segment stalls every
 flow behind it (bench/README.md, 2 % loss). Why not QUIC (aioquic): it would encrypt
@@ -33,6 +42,11 @@ echoed once (RFC 7323's timestamps): an RTT sample needs no guess about which co
 which segment an ack answers, which a lossy link makes ambiguous.
   DGRAM    5 | token u32 | frame
   RESET    6 | token u32 | graceful u8 | reason (utf-8)
+  CHUNK    7 | token u32 | frame id u32 | index u16 | count u16 | chunk
+  NACK     8 | token u32 | frame id u32 | missing u64 (bit i: chunk i; all ones: the
+             whole frame, whose chunks were never seen)
+Frame ids count up from 0 per connection and wrap; the receiver unwraps them against
+the highest it saw, so a gap in the ids shows frames lost whole.
 CONNECT is padded to at least the size of its answer, so a spoofed source gains
 nothing by reflection. An orderly close is a FIN record in the stream (length 0,
 then the reason), so it arrives after every frame sent before it.
@@ -53,7 +67,7 @@ from sporenet.protocols.errors import LocalProtocolError
 from .admission import DEFAULT_PER_SOURCE, DEFAULT_TOTAL, PendingLimit
 
 VERSION = 1
-CONNECT, ACCEPT, DATA, ACK, DGRAM, RESET = 1, 2, 3, 4, 5, 6
+CONNECT, ACCEPT, DATA, ACK, DGRAM, RESET, CHUNK, NACK = 1, 2, 3, 4, 5, 6, 7, 8
 CONNECT_SIZE = 32
 _CONNECT = struct.Struct("!BIB")
 _ACCEPT = struct.Struct("!BII")
@@ -63,7 +77,9 @@ _TOKEN = struct.Struct("!BI")
 _RESET = struct.Struct("!BIB")
 _LEN = struct.Struct("!I")
 _REASON = struct.Struct("!H")
-DATA_HEADER, DGRAM_HEADER = _DATA.size, _TOKEN.size
+_CHUNK = struct.Struct("!BIIHH")
+_NACK = struct.Struct("!BIIQ")
+DATA_HEADER, DGRAM_HEADER, CHUNK_HEADER = _DATA.size, _TOKEN.size, _CHUNK.size
 ACK_PING = 0x01  # the sender wants an ACK back (keepalive, zero-window probe)
 RESET_GRACEFUL = 0x01  # an orderly end (shutdown), not a fault
 RESET_YOURS = 0x02     # the token is the one the receiver gave us, not ours: we lost it
@@ -82,6 +98,17 @@ KEEPALIVE = 5.0
 LINGER = 2.0                     # a close waits this long for its queue to be acknowledged
 TIME_WAIT = 5.0                  # a closed token still answers retransmissions this long
 HELLO_TIMEOUT = 5.0              # an inbound connection the link layer never confirmed
+# chunked frames
+MAX_CHUNKS = 64                  # the kernel's UDP_MAX_SEGMENTS: one frame, one GSO send
+HOLD_BYTES = 8 * 1024 * 1024     # what a sender keeps to repair, per connection...
+HOLD_TIME = 1.0                  # ... and for how long (s): past that a repair is useless
+MAX_PARTIAL = 256                # frames with chunks missing, per connection...
+PARTIAL_BYTES = 4 * 1024 * 1024  # ... and the bytes of their chunks (the oldest goes)
+MAX_NACKS = 3                    # reports of one frame's holes before it counts as lost
+NACK_DELAY_MIN = 0.002           # s: the first report of a tail loss, at the soonest
+ID_WINDOW = 1_024                # frame ids this far below the highest are too old
+MAX_GHOSTS = 8                   # frames lost whole that one gap in the ids reports
+_ALL = (1 << 64) - 1
 
 
 def _clock(now: float) -> int:
@@ -171,6 +198,37 @@ class _Conn:
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = 0
         self.drops = 0
         self.retransmits = 0
+        # chunked frames: sending (id -> _Held, oldest first) and receiving
+        self.tx_id = 0
+        self.held: dict[int, _Held] = {}
+        self.held_bytes = 0
+        self.rx_top = -1                 # the highest frame id seen, unwrapped
+        self.partial: dict[int, _Partial] = {}  # unwrapped id -> chunks so far, oldest first
+        self.partial_bytes = 0
+        self.unflagged: list[int] = []   # partial frames no later frame has followed yet
+        self.done: set[int] = set()      # ids delivered lately (duplicates of repairs)
+
+
+class _Held:
+    __slots__ = ("cnt", "frame", "repairs", "sent_at")
+
+    def __init__(self, frame: bytes, cnt: int, now: float) -> None:
+        self.frame, self.cnt, self.sent_at, self.repairs = frame, cnt, now, 0
+
+
+class _Partial:
+    """A frame some of whose chunks are in; ``cnt`` 0 while none is (lost whole)."""
+
+    __slots__ = ("cnt", "have", "nack_due", "nacks", "parts", "size")
+
+    def __init__(self, cnt: int, due: float) -> None:
+        self.cnt, self.have, self.nacks, self.nack_due, self.size = cnt, 0, 0, due, 0
+        self.parts: list = [None] * cnt
+
+    def missing(self) -> int:
+        if not self.cnt:
+            return _ALL
+        return sum(1 << i for i, part in enumerate(self.parts) if part is None)
 
 
 class DatagramEndpoint:
@@ -204,6 +262,7 @@ class DatagramEndpoint:
         self._pending = PendingLimit(max_pending, max_pending_per_source)
         self._events: list[DatagramEvent] = []
         self._out: list[tuple[Hashable, bytes]] = []
+        self._batches: list[tuple[Hashable, bytes, int]] = []  # (addr, chunks, stride)
         self._dirty: set[_Conn] = set()   # conns that may have something to transmit
         self._timers: list[tuple[float, int, int]] = []  # (due, seq, conn id), lazily invalid
         self._tseq = itertools.count()
@@ -212,7 +271,9 @@ class DatagramEndpoint:
         self.counters: dict[str, int] = {k: 0 for k in (
             "malformed", "unknown_token", "wrong_source", "retransmits", "resets_sent",
             "pending_evicted", "handshake_timeouts", "dgram_in", "dgram_out", "dgram_too_big",
-            "answers_suppressed")}
+            "answers_suppressed", "chunked_out", "chunked_in", "chunked_too_big",
+            "chunks_duplicate", "chunks_unconfirmed", "nacks_sent", "chunks_repaired",
+            "repair_unheld", "chunked_lost")}
 
     # ----- the owner's calls ------------------------------------------------------------
 
@@ -251,6 +312,42 @@ class DatagramEndpoint:
         self._out.append((conn.addr, _TOKEN.pack(DGRAM, conn.peer_token) + frame))
         self.counters["dgram_out"] += 1
         conn.bytes_out += DGRAM_HEADER + len(frame)
+        return True
+
+    @property
+    def chunk_size(self) -> int:
+        """Frame bytes per chunk: a chunk packet is as long as a full DATA packet."""
+        return self.mss + DATA_HEADER - CHUNK_HEADER
+
+    def send_chunked(self, conn_id: int, frame: bytes, now: float) -> bool:
+        """Send ``frame`` as chunks, repaired on a loss report but neither ordered nor
+        flow-controlled; False if it needs over ``MAX_CHUNKS`` chunks or the connection
+        is not open. ``frame`` is held as given (not copied): pass ``bytes``."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.state not in ("open", "closing"):
+            return False
+        size, n = self.chunk_size, len(frame)
+        cnt = -(-n // size)
+        if not 0 < cnt <= MAX_CHUNKS:
+            self.counters["chunked_too_big"] += 1
+            return False
+        fid, conn.tx_id = conn.tx_id, (conn.tx_id + 1) & 0xFFFFFFFF
+        view, pack, token = memoryview(frame), _CHUNK.pack, conn.peer_token
+        parts = []
+        for i in range(cnt):
+            parts.append(pack(CHUNK, token, fid, i, cnt))
+            parts.append(view[i * size:(i + 1) * size])
+        data = b"".join(parts)
+        self._batches.append((conn.addr, data, size + CHUNK_HEADER))
+        conn.bytes_out += len(data)
+        conn.frames_out += 1
+        self.counters["chunked_out"] += 1
+        held = conn.held
+        held[fid] = _Held(frame, cnt, now)
+        conn.held_bytes += n
+        while held and (conn.held_bytes > HOLD_BYTES
+                        or now - next(iter(held.values())).sent_at > HOLD_TIME):
+            conn.held_bytes -= len(held.pop(next(iter(held))).frame)
         return True
 
     def close(self, conn_id: int, reason: str, now: float) -> None:
@@ -307,12 +404,16 @@ class DatagramEndpoint:
 
     # ----- input ---------------------------------------------------------------------------
 
-    def receive(self, addr: Hashable, data: bytes, now: float) -> None:
-        """One datagram from ``addr``. Anything malformed is dropped and counted."""
+    def receive(self, addr: Hashable, data: bytes | memoryview, now: float) -> None:
+        """One datagram from ``addr``. Anything malformed is dropped and counted. A
+        chunk may come as a memoryview (a slice of a GRO read): it is copied once, when
+        its frame is joined."""
         if len(data) < 5:
             self.counters["malformed"] += 1
             return
         kind = data[0]
+        if kind != CHUNK and type(data) is not bytes:
+            data = bytes(data)
         if kind == CONNECT:
             self._on_connect(addr, data, now)
             return
@@ -337,6 +438,10 @@ class DatagramEndpoint:
                     self.counters["dgram_in"] += 1
                     conn.bytes_in += len(data)
                     self._events.append(Received(conn.id, data[DGRAM_HEADER:]))
+            elif kind == CHUNK:
+                self._on_chunk(conn, data, now)
+            elif kind == NACK:
+                self._on_nack(conn, data, now)
             elif kind == RESET:
                 self._on_reset(conn, data)
             else:
@@ -517,6 +622,132 @@ class DatagramEndpoint:
             conn.srtt = 0.875 * conn.srtt + 0.125 * rtt
         conn.rto = min(RTO_MAX, max(RTO_MIN, conn.srtt + 4 * conn.rttvar))
 
+    def _on_chunk(self, conn: _Conn, data: memoryview | bytes, now: float) -> None:
+        if conn.state not in ("open", "closing"):
+            return
+        if not conn.outbound and conn in self._pending:
+            # IP data before the link hello: nothing to deliver it to, so no memory for it
+            self.counters["chunks_unconfirmed"] += 1
+            return
+        _, _, fid, idx, cnt = _CHUNK.unpack_from(data)
+        if not 0 < cnt <= MAX_CHUNKS or idx >= cnt or len(data) == CHUNK_HEADER:
+            self.counters["malformed"] += 1
+            return
+        conn.bytes_in += len(data)
+        top = conn.rx_top
+        full = fid if top < 0 else top + ((fid - top + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        if full <= top - ID_WINDOW or full in conn.done:
+            self.counters["chunks_duplicate"] += 1
+            return
+        partial = conn.partial
+        if full > top:
+            conn.rx_top = full
+            # a later frame began: the holes of the frames before it are losses, unless
+            # the network reorders (then the chunks come within a quarter round trip)
+            soon = now + (conn.srtt or 0.004) / 4
+            for g in conn.unflagged:
+                q = partial.get(g)
+                if q is not None and not q.nacks and q.nack_due > soon:
+                    q.nack_due = soon
+            conn.unflagged.clear()
+            if top >= 0 and full - top > 1:  # frames lost whole: ask for them
+                lost = range(max(top + 1, full - MAX_GHOSTS), full)
+                self.counters["chunked_lost"] += full - top - 1 - len(lost)
+                for g in lost:
+                    partial[g] = _Partial(0, soon)
+            self._dirty.add(conn)  # arm the timer of the earliest report
+            if cnt == 1:
+                self._complete(conn, full, [data[CHUNK_HEADER:]])
+                return
+            p = partial[full] = _Partial(cnt, now + self._nack_delay(conn))
+            conn.unflagged.append(full)
+        else:
+            p = partial.get(full)
+            if p is None:
+                if cnt != 1:  # a frame already given up, or older than every hole
+                    self.counters["chunks_duplicate"] += 1
+                    return
+                self._complete(conn, full, [data[CHUNK_HEADER:]])
+                return
+            if not p.cnt:
+                p.cnt, p.parts = cnt, [None] * cnt
+            elif p.cnt != cnt:
+                self.counters["malformed"] += 1
+                return
+        if p.parts[idx] is not None:
+            self.counters["chunks_duplicate"] += 1
+            return
+        part = p.parts[idx] = data[CHUNK_HEADER:]
+        p.have += 1
+        if p.have == p.cnt:
+            del partial[full]
+            conn.partial_bytes -= p.size
+            self._complete(conn, full, p.parts)
+            return
+        p.size += len(part)
+        conn.partial_bytes += len(part)
+        while conn.partial_bytes > PARTIAL_BYTES or len(partial) > MAX_PARTIAL:
+            self._lost(conn, next(iter(partial)))
+        if idx == cnt - 1 and not p.nacks:  # the last chunk is in before others: the same
+            p.nack_due = min(p.nack_due, now + (conn.srtt or 0.004) / 4)
+            self._dirty.add(conn)
+
+    def _complete(self, conn: _Conn, full: int, parts: list) -> None:
+        done = conn.done
+        done.add(full)
+        if len(done) > 2 * ID_WINDOW:
+            floor = conn.rx_top - ID_WINDOW
+            conn.done = {d for d in done if d > floor}
+        conn.frames_in += 1
+        self.counters["chunked_in"] += 1
+        self._events.append(Received(conn.id, b"".join(parts)))
+
+    def _lost(self, conn: _Conn, full: int) -> None:
+        conn.partial_bytes -= conn.partial.pop(full).size
+        conn.done.add(full)  # late chunks of it are duplicates now
+        self.counters["chunked_lost"] += 1
+
+    def _nack_delay(self, conn: _Conn) -> float:
+        return max(NACK_DELAY_MIN, 1.25 * (conn.srtt or 0.01))
+
+    def _report(self, conn: _Conn, now: float) -> None:
+        """NACK every frame whose report is due; give up on those reported enough."""
+        delay = None
+        for full, p in list(conn.partial.items()):
+            if p.nack_due > now:
+                continue
+            if p.nacks >= MAX_NACKS:
+                self._lost(conn, full)
+                continue
+            self._out.append((conn.addr, _NACK.pack(NACK, conn.peer_token, full & 0xFFFFFFFF,
+                                                    p.missing())))
+            self.counters["nacks_sent"] += 1
+            p.nacks += 1
+            delay = delay or self._nack_delay(conn)
+            p.nack_due = now + delay * 2 ** p.nacks
+            self._dirty.add(conn)
+
+    def _on_nack(self, conn: _Conn, data: bytes, now: float) -> None:
+        if conn.state not in ("open", "closing"):
+            return
+        _, _, fid, missing = _NACK.unpack_from(data)
+        held = conn.held.get(fid)
+        if held is None or held.repairs > MAX_NACKS:
+            self.counters["repair_unheld"] += 1  # too old: the inner TCP resends it
+            return
+        held.repairs += 1
+        size, cnt, token = self.chunk_size, held.cnt, conn.peer_token
+        view, parts = memoryview(held.frame), []
+        for i in range(cnt):
+            if missing >> i & 1:
+                parts.append(_CHUNK.pack(CHUNK, token, fid, i, cnt))
+                parts.append(view[i * size:(i + 1) * size])
+        if parts:
+            data = b"".join(parts)
+            self._batches.append((conn.addr, data, size + CHUNK_HEADER))
+            conn.bytes_out += len(data)
+            self.counters["chunks_repaired"] += len(parts) // 2
+
     def _on_reset(self, conn: _Conn, data: bytes) -> None:
         graceful = data[5] & RESET_GRACEFUL
         reason = data[_RESET.size:_RESET.size + 512].decode("utf-8", "replace") or (
@@ -530,7 +761,17 @@ class DatagramEndpoint:
     # ----- output and timers -------------------------------------------------------------
 
     def transmit(self, now: float) -> list[tuple[Hashable, bytes]]:
-        """Every datagram due now, in order; also arms the timers they need."""
+        """Every datagram due now; also arms the timers they need."""
+        out, batches = self.transmit_batches(now)
+        for addr, data, stride in batches:
+            out.extend((addr, data[i:i + stride]) for i in range(0, len(data), stride))
+        return out
+
+    def transmit_batches(self, now: float) -> tuple[list[tuple[Hashable, bytes]],
+                                                    list[tuple[Hashable, bytes, int]]]:
+        """``transmit`` for a transport with segmentation offload: the datagrams, in
+        order, and the chunked frames, each one buffer of ``stride``-byte datagrams (the
+        last may be shorter) for one ``UDP_SEGMENT`` send."""
         dirty, self._dirty = self._dirty, set()
         for conn in dirty:
             if conn.id in self.conns:
@@ -538,7 +779,8 @@ class DatagramEndpoint:
                 if conn.id in self.conns:
                     self._rearm(conn)
         out, self._out = self._out, []
-        return out
+        batches, self._batches = self._batches, []
+        return out, batches
 
     def _flush(self, conn: _Conn, now: float) -> None:
         if conn.state == "connecting":
@@ -661,6 +903,8 @@ class DatagramEndpoint:
             conn.probe_due = now + conn.rto
         if now - conn.last_sent >= KEEPALIVE:
             conn.ack_ping = conn.ack_due = True
+        if conn.partial:
+            self._report(conn, now)
 
     def _next_due(self, conn: _Conn) -> float:
         if conn.state == "connecting":
@@ -676,6 +920,8 @@ class DatagramEndpoint:
             due = min(due, conn.created + self.hello_timeout)
         if conn.state == "closing":
             due = min(due, conn.closing_since + self.linger)
+        if conn.partial:
+            due = min(due, min(p.nack_due for p in conn.partial.values()))
         return due
 
     def _rearm(self, conn: _Conn) -> None:
