@@ -339,7 +339,7 @@ class UdpCarrier:
                 timeout = None if due is None else max(0.0, due - time.monotonic())
                 ready = self._sel.select(timeout)
                 now = time.monotonic()
-                inbound: list[tuple[_Socket, Hashable, bytes]] = []
+                inbound: list[tuple[_Socket, Hashable, bytes, int]] = []
                 for key, _mask in ready:
                     if key.data is None:
                         self._wakeup.drain()
@@ -366,11 +366,8 @@ class UdpCarrier:
             peer = (addr[0], addr[1])
             stride = next((int.from_bytes(d[:4], "little") for lvl, typ, d in anc
                            if lvl == _SOL_UDP and typ == _UDP_GRO and len(d) >= 2), 0)
-            if 0 < stride < len(data):  # several datagrams of one sender, coalesced
-                view = memoryview(data)  # chunks are copied once, when their frame is joined
-                into.extend((where, peer, view[i:i + stride]) for i in range(0, len(data), stride))
-            else:
-                into.append((where, peer, data))
+            # several datagrams of one sender, coalesced (stride: their size), or one
+            into.append((where, peer, data, stride if 0 < stride < len(data) else 0))
 
     def _read_errors(self, where: _Socket) -> None:
         """ICMP errors on the error queue: the address each one was for."""
@@ -386,8 +383,11 @@ class UdpCarrier:
     def _turn(self, inbound: list, now: float) -> None:
         """Feed what arrived, run the timers, run commands, send, then emit events."""
         with self._lock:
-            for where, addr, data in inbound:
-                where.endpoint.receive(addr, data, now)
+            for where, addr, data, stride in inbound:
+                if stride:
+                    where.endpoint.receive_batch(addr, data, stride, now)
+                else:
+                    where.endpoint.receive(addr, data, now)
             while self._cmds:
                 cmd = self._cmds.popleft()
                 self._command(cmd, now)

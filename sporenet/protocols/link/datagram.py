@@ -109,6 +109,7 @@ NACK_DELAY_MIN = 0.002           # s: the first report of a tail loss, at the so
 ID_WINDOW = 1_024                # frame ids this far below the highest are too old
 MAX_GHOSTS = 8                   # frames lost whole that one gap in the ids reports
 _ALL = (1 << 64) - 1
+_INDEXES = bytes(range(MAX_CHUNKS))
 
 
 def _clock(now: float) -> int:
@@ -404,6 +405,44 @@ class DatagramEndpoint:
 
     # ----- input ---------------------------------------------------------------------------
 
+    def receive_batch(self, addr: Hashable, data: bytes, stride: int, now: float) -> None:
+        """A GRO read: datagrams of ``stride`` bytes from ``addr`` back to back (the last
+        may be shorter). The common case, one chunked frame whole and in order, is
+        checked and joined in a few C-level steps; anything else goes datagram by
+        datagram through ``receive``."""
+        if not (len(data) > stride > CHUNK_HEADER and data[0] == CHUNK
+                and self._whole_frame(addr, data, stride, now)):
+            view = memoryview(data)
+            for i in range(0, len(data), stride):
+                self.receive(addr, view[i:i + stride], now)
+
+    def _whole_frame(self, addr: Hashable, data: bytes, stride: int, now: float) -> bool:
+        n = len(data)
+        _, token, fid, idx, cnt = _CHUNK.unpack_from(data)
+        if idx or cnt != -(-n // stride) or cnt > MAX_CHUNKS or n - (cnt - 1) * stride <= CHUNK_HEADER:
+            return False
+        # every header the same but its index, and the indexes 0, 1, 2, ...: byte k of
+        # every header is data[k::stride]
+        for k in (0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12):
+            if data[k::stride] != data[k:k + 1] * cnt:
+                return False
+        if data[9::stride] != bytes(cnt) or data[10::stride] != _INDEXES[:cnt]:
+            return False
+        conn = self._by_token.get(token)
+        if (conn is None or conn.addr != addr or conn.state not in ("open", "closing")
+                or (not conn.outbound and conn in self._pending)):
+            return False  # the slow path counts it
+        top = conn.rx_top
+        full = fid if top < 0 else top + ((fid - top + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        if full <= top:
+            return False  # a repair, a duplicate, a reordered frame: the slow path sorts it
+        conn.last_heard = now
+        conn.bytes_in += n
+        self._newer(conn, full, now)
+        view = memoryview(data)
+        self._complete(conn, full, [view[i + CHUNK_HEADER:i + stride] for i in range(0, n, stride)])
+        return True
+
     def receive(self, addr: Hashable, data: bytes | memoryview, now: float) -> None:
         """One datagram from ``addr``. Anything malformed is dropped and counted. A
         chunk may come as a memoryview (a slice of a GRO read): it is copied once, when
@@ -641,26 +680,13 @@ class DatagramEndpoint:
             return
         partial = conn.partial
         if full > top:
-            conn.rx_top = full
-            # a later frame began: the holes of the frames before it are losses, unless
-            # the network reorders (then the chunks come within a quarter round trip)
-            soon = now + (conn.srtt or 0.004) / 4
-            for g in conn.unflagged:
-                q = partial.get(g)
-                if q is not None and not q.nacks and q.nack_due > soon:
-                    q.nack_due = soon
-            conn.unflagged.clear()
-            if top >= 0 and full - top > 1:  # frames lost whole: ask for them
-                lost = range(max(top + 1, full - MAX_GHOSTS), full)
-                self.counters["chunked_lost"] += full - top - 1 - len(lost)
-                for g in lost:
-                    partial[g] = _Partial(0, soon)
-            self._dirty.add(conn)  # arm the timer of the earliest report
+            self._newer(conn, full, now)
             if cnt == 1:
                 self._complete(conn, full, [data[CHUNK_HEADER:]])
                 return
             p = partial[full] = _Partial(cnt, now + self._nack_delay(conn))
             conn.unflagged.append(full)
+            self._dirty.add(conn)  # arm the timer of its tail's report
         else:
             p = partial.get(full)
             if p is None:
@@ -690,6 +716,27 @@ class DatagramEndpoint:
             self._lost(conn, next(iter(partial)))
         if idx == cnt - 1 and not p.nacks:  # the last chunk is in before others: the same
             p.nack_due = min(p.nack_due, now + (conn.srtt or 0.004) / 4)
+            self._dirty.add(conn)
+
+    def _newer(self, conn: _Conn, full: int, now: float) -> None:
+        """Frame ``full`` is the highest id yet: what that says about the frames before."""
+        top, partial = conn.rx_top, conn.partial
+        conn.rx_top = full
+        # a later frame began: the holes of the frames before it are losses, unless
+        # the network reorders (then the chunks come within a quarter round trip)
+        soon = now + (conn.srtt or 0.004) / 4
+        for g in conn.unflagged:
+            q = partial.get(g)
+            if q is not None and not q.nacks and q.nack_due > soon:
+                q.nack_due = soon
+        conn.unflagged.clear()
+        if top >= 0 and full - top > 1:  # frames lost whole: ask for them
+            lost = range(max(top + 1, full - MAX_GHOSTS), full)
+            self.counters["chunked_lost"] += full - top - 1 - len(lost)
+            for g in lost:
+                partial[g] = _Partial(0, soon)
+            self._dirty.add(conn)  # arm the timer of their report
+        elif partial:
             self._dirty.add(conn)
 
     def _complete(self, conn: _Conn, full: int, parts: list) -> None:
