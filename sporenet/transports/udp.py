@@ -145,6 +145,7 @@ class UdpCarrier:
         self._dials: dict[int, str] = {}                # shared: dial conn id -> endpoint
         self._totals: Counter[str] = Counter()          # shared: CarrierStats fields only
         self._io: Counter[str] = Counter()              # I/O thread: send_dropped, gso_sends
+        self._totals_io: Counter[str] = Counter()       # shared: failed sends on callers' threads
         self._cmds: deque[tuple] = deque()              # shared
         self._wakeup = Wakeup()
         self._resolver: ThreadPoolExecutor | None = None
@@ -210,15 +211,21 @@ class UdpCarrier:
             if where is None or self._stopped:
                 raise TransportClosed(f"no open connection {conn_id}")
             ep = where.endpoint
-            ok = ep.send_chunked(conn_id, frame, time.monotonic())
-            if not ok and len(frame) <= self.max_frame:
+            batch = ep.chunked(conn_id, frame, time.monotonic())
+            if batch is None:
                 try:
-                    ok = ep.send(conn_id, frame)
+                    ok = len(frame) <= self.max_frame and ep.send(conn_id, frame)
                 except KeyError:
                     raise TransportClosed(f"connection {conn_id} is closed") from None
-        if ok:
-            self._wakeup.wake()
-        return ok
+        if batch is None:
+            if ok:
+                self._wakeup.wake()
+            return ok
+        # Sent here, on the caller's (the data path's) thread, not handed to the I/O
+        # thread: one wake-up less per packet each way (docs/decisions.md). A datagram
+        # socket has no framing two writers could interleave.
+        self._send_now(where, *batch)
+        return True
 
     def send_datagram(self, conn_id: int, frame: bytes) -> bool:
         """One frame in one datagram, unreliably; False if it is over ``datagram_max`` or
@@ -276,6 +283,7 @@ class UdpCarrier:
             for where in self._socks:
                 out.update(where.endpoint.counters)
         out.update(self._io)
+        out.update(self._totals_io)
         return dict(out)
 
     def shutdown(self) -> None:
@@ -429,6 +437,32 @@ class UdpCarrier:
             for k in range(i, j):
                 self._send_one(where, addr, out[k][2])
             i = j
+
+    def _send_now(self, where: _Socket, addr: Hashable, data: bytes, stride: int) -> None:
+        """A chunked frame from a caller's thread. Only errors are counted (under the
+        lock: the I/O thread's counters are its own); ICMP errors wait on the socket's
+        error queue for the I/O thread, which the socket wakes."""
+        try:
+            if len(data) > stride and where.gso:
+                where.sock.sendmsg([data], [(_SOL_UDP, _UDP_SEGMENT, stride.to_bytes(2, "little"))],
+                                   0, addr)
+            else:
+                view = memoryview(data)
+                for i in range(0, len(data), stride):
+                    where.sock.sendto(view[i:i + stride], addr)
+        except BlockingIOError:
+            with self._lock:
+                self._totals_io["send_dropped"] += -(-len(data) // stride)
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                return
+            if where.gso and len(data) > stride:
+                where.gso = False  # no segmentation offload here: one by one from now on
+                self._log.info("udp_gso_off", error=str(exc))
+                self._send_now(where, addr, data, stride)
+                return
+            with self._lock:
+                self._totals_io["send_failed"] += 1
 
     def _send_batch(self, where: _Socket, addr: Hashable, data: bytes, stride: int) -> None:
         """One chunked frame: one ``UDP_SEGMENT`` send, or datagram by datagram."""

@@ -324,14 +324,23 @@ class DatagramEndpoint:
         """Send ``frame`` as chunks, repaired on a loss report but neither ordered nor
         flow-controlled; False if it needs over ``MAX_CHUNKS`` chunks or the connection
         is not open. ``frame`` is held as given (not copied): pass ``bytes``."""
+        batch = self.chunked(conn_id, frame, now)
+        if batch is None:
+            return False
+        self._batches.append(batch)
+        return True
+
+    def chunked(self, conn_id: int, frame: bytes, now: float) -> tuple[Hashable, bytes, int] | None:
+        """``send_chunked`` for a transport that sends the chunks itself, at once:
+        ``(addr, data, stride)`` as ``transmit_batches`` gives them, or None."""
         conn = self.conns.get(conn_id)
         if conn is None or conn.state not in ("open", "closing"):
-            return False
+            return None
         size, n = self.chunk_size, len(frame)
         cnt = -(-n // size)
         if not 0 < cnt <= MAX_CHUNKS:
             self.counters["chunked_too_big"] += 1
-            return False
+            return None
         fid, conn.tx_id = conn.tx_id, (conn.tx_id + 1) & 0xFFFFFFFF
         view, pack, token = memoryview(frame), _CHUNK.pack, conn.peer_token
         parts = []
@@ -339,7 +348,6 @@ class DatagramEndpoint:
             parts.append(pack(CHUNK, token, fid, i, cnt))
             parts.append(view[i * size:(i + 1) * size])
         data = b"".join(parts)
-        self._batches.append((conn.addr, data, size + CHUNK_HEADER))
         conn.bytes_out += len(data)
         conn.frames_out += 1
         self.counters["chunked_out"] += 1
@@ -349,7 +357,7 @@ class DatagramEndpoint:
         while held and (conn.held_bytes > HOLD_BYTES
                         or now - next(iter(held.values())).sent_at > HOLD_TIME):
             conn.held_bytes -= len(held.pop(next(iter(held))).frame)
-        return True
+        return conn.addr, data, size + CHUNK_HEADER
 
     def close(self, conn_id: int, reason: str, now: float) -> None:
         """Close after what is queued is acknowledged (for at most ``linger``)."""
