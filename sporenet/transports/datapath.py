@@ -4,8 +4,9 @@ docs/datapath.md has the design; in short:
 - ``start()`` runs one thread, ``sporenet-tun-rx``, that owns the TUN's reads. Each
   read is one packet or a TCP superpacket with its virtio_net_hdr. The thread looks
   up the next hop and the data keypair of the destination's /64, seals it once, and
-  hands one ``Routed``/``IpData`` frame to ``send(conn_id, frame)`` (a carrier's
-  thread-safe ``send``: it only queues).
+  hands one ``Routed``/``IpData`` frame to ``send(conn_id, frame)``: the carrier's
+  ``send_bulk`` where it has one (UDP: chunked datagrams, sent at once on this thread),
+  else its thread-safe ``send`` (TCP: it only queues).
 - ``rx(conn_id, frame, now)`` is chained into the carrier's ``rx_filter``, so it runs
   on the carrier's I/O thread for each inbound frame. An IP frame for our /64 is
   opened, its header sanitized and written to the TUN. One for another /64 is sent on
