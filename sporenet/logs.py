@@ -3,7 +3,7 @@
 ``SPORENET_LOG_FORMAT`` (console|json) and ``SPORENET_LOG_LEVEL`` override the
 config, so launchers such as ``sporenet demo`` can ask their children for JSON.
 
-The libraries under us (asyncio, aiohttp, pykka) log through the standard ``logging``
+The libraries under us (asyncio, pykka) log through the standard ``logging``
 module. Some of their lines a remote party can cause once per connection: asyncio
 prints a traceback for every failed ``accept`` when descriptors run out (1,408 of
 them in 8 s in a flood test). So the standard library's records go to one handler

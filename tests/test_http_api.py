@@ -305,3 +305,48 @@ def test_commands_fail_in_one_line_when_no_node(cmd):
     assert code == 1
     assert out.strip() == (f"Error: no sporenet node answers on {api}: "
                            f"is `sporenet up` running with --api {api}?")
+
+
+def _get_status(address: str, timeout: float = 5.0) -> bytes:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+def test_garbage_and_an_oversized_head_get_400_or_431_and_the_server_goes_on(server):
+    host, port = server.address.rsplit(":", 1)
+    for junk in (b"\x16\x03\x01\x00garbage\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(junk)
+            answer = s.recv(65536)
+        assert answer.split(b" ")[1] in (b"400", b"431"), answer[:80]
+    assert b'"alpha"' in _get_status(server.address)
+
+
+def test_connections_are_bounded_and_a_slow_client_is_cut_off(server, monkeypatch):
+    import sporenet.transports.http_api as http_api
+    monkeypatch.setattr(http_api, "REQUEST_TIMEOUT", 0.5)
+    host, port = server.address.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5)
+            for _ in range(http_api.MAX_CONNECTIONS + 20)]
+    try:
+        # 64 held, 20 closed at once; each held one is cut off after REQUEST_TIMEOUT
+        # without a request, and then the API answers again
+        for s in idle[:2]:
+            s.sendall(b"GET /v1/sta")  # a request that never finishes (slowloris)
+        closed = 0
+        for s in idle:
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == len(idle)
+        assert server.refused >= 20
+        assert b'"alpha"' in _get_status(server.address)
+    finally:
+        for s in idle:
+            s.close()

@@ -1,4 +1,4 @@
-"""The node's local HTTP JSON API (DESIGN.md §6), served by aiohttp in its own thread.
+"""The node's local HTTP JSON API (DESIGN.md §6): asyncio and h11, in its own thread.
 
 Driven by ``start()`` and ``stop()`` from any thread; requests are answered by
 plain callables from a route table.
@@ -15,6 +15,11 @@ Rules:
 - Every answer is JSON, errors included: ``{"error": "..."}`` with 400, 403, 404,
   405, 413, 415 or 500. ``GET /metrics`` is Prometheus text when a metrics source
   is given or ``prometheus_client`` is installed.
+- Bounded: at most ``MAX_CONNECTIONS`` open connections (more are closed at once and
+  counted), ``REQUEST_TIMEOUT`` to send each request, 16 KB of request head, 64 KB of
+  body. HTTP/1.1 parsing is h11's (keep-alive, pipelining, errors as 400/431).
+- Why not aiohttp: it cost 12 MB of every node's ~60 MB at idle, for a loopback API
+  of a dozen JSON routes (bench/README.md "Idle memory").
 - The API has no authentication: it is meant for loopback. Two browser-borne
   attacks are closed anyway: POST requires ``Content-Type: application/json`` (a
   page cannot send that cross-origin without a preflight we never grant), and a
@@ -31,8 +36,10 @@ import json
 import threading
 from typing import Any, Callable, Mapping
 
+from urllib.parse import parse_qsl, unquote
+
+import h11
 import structlog
-from aiohttp import web
 
 from .log_limit import LimitedLogger
 
@@ -42,6 +49,9 @@ _handler_log = LimitedLogger(log)  # a client can make a handler fail on every r
 Handler = Callable[..., Mapping[str, Any]]
 METHODS = ("GET", "POST")
 _MAX_BODY = 64 * 1024
+_MAX_HEAD = 16 * 1024        # request line and headers
+MAX_CONNECTIONS = 64         # open at once; more are closed at once (counted ``refused``)
+REQUEST_TIMEOUT = 10.0       # s a connection may take to send one request (slowloris)
 
 
 class ApiError(Exception):
@@ -116,6 +126,8 @@ class ApiServer:
         self._error: OSError | None = None
         self._bound: tuple[str, int] | None = None
         self._routes: dict[tuple[str, str], Handler] = {}
+        self._conns: set[asyncio.Task] = set()  # server thread only
+        self.refused = 0
         table = handlers if isinstance(handlers, Mapping) or handlers is None else routes_of(handlers)
         for key, fn in (table or {}).items():
             self.add_route(key, fn)
@@ -189,44 +201,79 @@ class ApiServer:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        app = web.Application(client_max_size=_MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
         try:
-            try:
-                await web.TCPSite(runner, self.host, self.port).start()
-            except OSError as exc:
-                self._error = exc
-                return
-            self._bound = tuple(runner.addresses[0][:2])  # type: ignore[assignment]
-            self._ready.set()
+            server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                reuse_address=True)
+        except OSError as exc:
+            self._error = exc
+            return
+        self._bound = tuple(server.sockets[0].getsockname()[:2])  # type: ignore[assignment]
+        self._ready.set()
+        try:
             await self._stopping.wait()
         finally:
-            await runner.cleanup()
+            server.close()
+            for task in list(self._conns):
+                task.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        if not _host_allowed(request.headers.get("Host")):
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._conns) >= MAX_CONNECTIONS or task is None:
+            self.refused += 1  # a local client holding connections open: the rest still work
+            writer.close()
+            return
+        self._conns.add(task)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        try:
+            while True:
+                try:
+                    got = await asyncio.wait_for(_read_request(conn, reader), REQUEST_TIMEOUT)
+                except h11.RemoteProtocolError as exc:
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        await _respond(conn, writer, _error(exc.error_status_hint,
+                                                            f"bad HTTP request: {exc}"))
+                    return
+                if got is None:
+                    return
+                request, body = got
+                answer = self._answer(request, body)
+                await _respond(conn, writer, answer)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # a body we did not read (413), or the client asked to close
+                conn.start_next_cycle()
+        except (asyncio.TimeoutError, ConnectionError, h11.LocalProtocolError):
+            pass  # a slow or vanished client: nothing to answer
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    def _answer(self, request: h11.Request, body: bytes | None) -> _Answer:
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        raw_path, _, query = target.partition("?")
+        path = unquote(raw_path)
+        headers = {k: v.decode("latin-1") for k, v in request.headers}
+        if not _host_allowed(headers.get(b"host")):
             return _error(403, "Host header not allowed: use an IP address or localhost")
-        if request.path == "/metrics" and request.method == "GET" and self._metrics:
+        if path == "/metrics" and method == "GET" and self._metrics:
             return self._serve_metrics()
-        handler = self._routes.get((request.method, request.path))
+        handler = self._routes.get((method, path))
         if handler is None:
-            allowed = sorted(m for m, p in self._routes if p == request.path)
+            allowed = sorted(m for m, p in self._routes if p == path)
             if allowed:
-                return _error(405, f"{request.method} is not allowed on {request.path}; "
-                                   f"use {', '.join(allowed)}")
-            return web.json_response({"error": f"no such endpoint: {request.method} {request.path}",
-                                      "endpoints": self.routes}, status=404)
-        if request.method == "POST":
-            kwargs = await _json_body(request)
-            if isinstance(kwargs, web.Response):
+                return _error(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}")
+            return _json(404, {"error": f"no such endpoint: {method} {path}",
+                               "endpoints": self.routes})
+        if method == "POST":
+            kwargs = _json_body(headers.get(b"content-type", ""), body)
+            if isinstance(kwargs, _Answer):
                 return kwargs
         else:
-            kwargs = dict(request.query)
-        return self._call(f"{request.method} {request.path}", handler, kwargs)
+            kwargs = dict(parse_qsl(query, keep_blank_values=True))
+        return self._call(f"{method} {path}", handler, kwargs)
 
-    def _call(self, route: str, handler: Handler, kwargs: dict[str, Any]) -> web.Response:
+    def _call(self, route: str, handler: Handler, kwargs: dict[str, Any]) -> _Answer:
         try:
             inspect.signature(handler).bind(**kwargs)
         except TypeError as exc:
@@ -243,31 +290,78 @@ class ApiServer:
         if not isinstance(result, Mapping):
             return _error(500, f"{route} returned {type(result).__name__}, not a JSON object")
         try:
-            body = json.dumps(dict(result))
+            return _json(200, dict(result))
         except (TypeError, ValueError) as exc:
             return _error(500, f"{route} returned a value that is not JSON: {exc}")
-        return web.Response(text=body, content_type="application/json")
 
-    def _serve_metrics(self) -> web.Response:
+    def _serve_metrics(self) -> _Answer:
         assert self._metrics is not None
         data = self._metrics()
         body = data if isinstance(data, bytes) else data.encode("utf-8")
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return _Answer(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
 
-async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
-    if request.content_type != "application/json":
+class _Answer:
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.status, self.body, self.content_type = status, body, content_type
+
+
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader
+                        ) -> tuple[h11.Request, bytes | None] | None:
+    """The next request and its body (None: over ``_MAX_BODY``, left unread), or None
+    when the client closed."""
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65_536))
+        elif isinstance(event, h11.Request):
+            request = event
+            length = dict(event.headers).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > _MAX_BODY:
+                return request, None
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_BODY:
+                return request, None  # type: ignore[return-value]
+        elif isinstance(event, h11.EndOfMessage):
+            return request, bytes(body)  # type: ignore[return-value]
+        else:  # ConnectionClosed, or PAUSED after a close
+            return None
+
+
+async def _respond(conn: h11.Connection, writer: asyncio.StreamWriter, answer: _Answer) -> None:
+    headers = [("content-type", answer.content_type), ("content-length", str(len(answer.body)))]
+    if answer.status == 413 or conn.their_state is not h11.DONE:
+        headers.append(("connection", "close"))
+    writer.write(conn.send(h11.Response(status_code=answer.status, headers=headers)))
+    writer.write(conn.send(h11.Data(data=answer.body)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+def _json_body(content_type: str, body: bytes | None) -> dict[str, Any] | _Answer:
+    if content_type.split(";")[0].strip().lower() != "application/json":
         return _error(415, "POST bodies must be JSON (Content-Type: application/json)")
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except web.HTTPRequestEntityTooLarge:
+    if body is None:
         return _error(413, f"request body larger than {_MAX_BODY} bytes")
+    if not body:
+        return {}
+    try:
+        value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return _error(400, "request body is not valid JSON")
-    if not isinstance(body, dict):
+    if not isinstance(value, dict):
         return _error(400, "request body must be a JSON object")
-    return body
+    return value
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _json(status: int, value: dict[str, Any]) -> _Answer:
+    return _Answer(status, json.dumps(value).encode())
+
+
+def _error(status: int, message: str) -> _Answer:
+    return _json(status, {"error": message})
