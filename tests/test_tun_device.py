@@ -57,6 +57,7 @@ addrs = [(a["local"], a["prefixlen"]) for i in ip_json("-6", "addr", "show", "de
          for a in i["addr_info"] if a.get("scope") == "global"]
 routes = [r["dst"] for r in ip_json("-6", "route", "show", "dev", "sn0")]
 mtu = ip_json("link", "show", "sn0")[0]["mtu"]
+gso = ip_json("-d", "link", "show", "sn0")[0].get("gso_max_size")
 
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 # "no route" is a soft error: a UDP socket hears it only with IPV6_RECVERR (Linux)
@@ -82,7 +83,7 @@ except OSError as e:
     error = errno.errorcode.get(e.errno)
 name, offload = t.name, t.offload
 t.close()
-print(json.dumps({"addrs": addrs, "routes": routes, "mtu": mtu, "flags": hdr.flags,
+print(json.dumps({"addrs": addrs, "routes": routes, "mtu": mtu, "gso": gso, "flags": hdr.flags,
                   "src": src.hex(), "dst": dst.hex(), "marker": pkt.endswith(b"sporenet-marker"),
                   "error": error, "offload": offload, "gone": not os.path.exists(f"/sys/class/net/{name}")}))
 """
@@ -93,6 +94,7 @@ def test_device_is_configured_reads_packets_and_goes_on_close(netns):
     assert ["600:1:2:3::1", 64] in got["addrs"]
     assert "600::/7" in got["routes"]
     assert got["mtu"] == 1400
+    assert got["gso"] == 62_000  # a sealed superpacket fits one UDP_SEGMENT send
     assert got["dst"] == "0601" + "00" * 13 + "05" and got["marker"]
     assert got["src"] == "0600000100020003" + "00" * 7 + "01"
     assert got["error"] in ("ENETUNREACH", "EHOSTUNREACH"), got   # our ICMPv6 was taken

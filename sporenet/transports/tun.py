@@ -157,8 +157,9 @@ class TunDevice:
             _ip("link", "set", "dev", actual, "mtu", str(mtu), "up")
             try:
                 _ip("link", "set", "dev", actual, "gso_max_size", str(GSO_MAX_SIZE))
+                gso: int | str = GSO_MAX_SIZE
             except TransportError as exc:  # an old iproute2: larger superpackets go by stream
-                log.info("tun_gso_max_size_unset", device=actual, error=str(exc))
+                gso = f"unset ({exc})"
             _ip("-6", "addr", "add", f"{address}/64", "dev", actual, "nodad")
             _ip("-6", "route", "replace", str(prefix), "dev", actual, "mtu", str(mtu))
         except PermissionError:
@@ -168,7 +169,8 @@ class TunDevice:
         except BaseException:
             os.close(fd)  # a non-persistent device goes with its last descriptor
             raise
-        log.info("tun_open", device=actual, address=str(address), mtu=mtu, offload=offload)
+        log.info("tun_open", device=actual, address=str(address), mtu=mtu, offload=offload,
+                 gso_max_size=gso)
         return cls(fd, actual, address, mtu, offload)
 
     def fileno(self) -> int:
