@@ -112,6 +112,16 @@ _ALL = (1 << 64) - 1
 _INDEXES = bytes(range(MAX_CHUNKS))
 
 
+def _unwrap(fid: int, top: int) -> int:
+    """A 32-bit frame id as the full id nearest ``top`` (the highest seen; -1: none)."""
+    return fid if top < 0 else top + ((fid - top + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _reorder_wait(conn: _Conn) -> float:
+    """How long chunks that seem lost may still be on their way: a quarter round trip."""
+    return (conn.srtt or 0.004) / 4
+
+
 def _clock(now: float) -> int:
     return int(now * 1e6) & 0xFFFFFFFF
 
@@ -342,12 +352,7 @@ class DatagramEndpoint:
             self.counters["chunked_too_big"] += 1
             return None
         fid, conn.tx_id = conn.tx_id, (conn.tx_id + 1) & 0xFFFFFFFF
-        view, pack, token = memoryview(frame), _CHUNK.pack, conn.peer_token
-        parts = []
-        for i in range(cnt):
-            parts.append(pack(CHUNK, token, fid, i, cnt))
-            parts.append(view[i * size:(i + 1) * size])
-        data = b"".join(parts)
+        data = self._chunks(conn, fid, frame, cnt, range(cnt))
         conn.bytes_out += len(data)
         conn.frames_out += 1
         self.counters["chunked_out"] += 1
@@ -358,6 +363,15 @@ class DatagramEndpoint:
                         or now - next(iter(held.values())).sent_at > HOLD_TIME):
             conn.held_bytes -= len(held.pop(next(iter(held))).frame)
         return conn.addr, data, size + CHUNK_HEADER
+
+    def _chunks(self, conn: _Conn, fid: int, frame: bytes, cnt: int, indexes) -> bytes:
+        """Chunks ``indexes`` of ``frame`` (of ``cnt``), each with its header, back to back."""
+        size, view, pack, token = self.chunk_size, memoryview(frame), _CHUNK.pack, conn.peer_token
+        parts = []
+        for i in indexes:
+            parts.append(pack(CHUNK, token, fid, i, cnt))
+            parts.append(view[i * size:(i + 1) * size])
+        return b"".join(parts)
 
     def close(self, conn_id: int, reason: str, now: float) -> None:
         """Close after what is queued is acknowledged (for at most ``linger``)."""
@@ -440,9 +454,8 @@ class DatagramEndpoint:
         if (conn is None or conn.addr != addr or conn.state not in ("open", "closing")
                 or (not conn.outbound and conn in self._pending)):
             return False  # the slow path counts it
-        top = conn.rx_top
-        full = fid if top < 0 else top + ((fid - top + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-        if full <= top:
+        full = _unwrap(fid, conn.rx_top)
+        if full <= conn.rx_top:
             return False  # a repair, a duplicate, a reordered frame: the slow path sorts it
         conn.last_heard = now
         conn.bytes_in += n
@@ -682,7 +695,7 @@ class DatagramEndpoint:
             return
         conn.bytes_in += len(data)
         top = conn.rx_top
-        full = fid if top < 0 else top + ((fid - top + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        full = _unwrap(fid, top)
         if full <= top - ID_WINDOW or full in conn.done:
             self.counters["chunks_duplicate"] += 1
             return
@@ -723,7 +736,7 @@ class DatagramEndpoint:
         while conn.partial_bytes > PARTIAL_BYTES or len(partial) > MAX_PARTIAL:
             self._lost(conn, next(iter(partial)))
         if idx == cnt - 1 and not p.nacks:  # the last chunk is in before others: the same
-            p.nack_due = min(p.nack_due, now + (conn.srtt or 0.004) / 4)
+            p.nack_due = min(p.nack_due, now + _reorder_wait(conn))
             self._dirty.add(conn)
 
     def _newer(self, conn: _Conn, full: int, now: float) -> None:
@@ -732,7 +745,7 @@ class DatagramEndpoint:
         conn.rx_top = full
         # a later frame began: the holes of the frames before it are losses, unless
         # the network reorders (then the chunks come within a quarter round trip)
-        soon = now + (conn.srtt or 0.004) / 4
+        soon = now + _reorder_wait(conn)
         for g in conn.unflagged:
             q = partial.get(g)
             if q is not None and not q.nacks and q.nack_due > soon:
@@ -791,17 +804,12 @@ class DatagramEndpoint:
             self.counters["repair_unheld"] += 1  # too old: the inner TCP resends it
             return
         held.repairs += 1
-        size, cnt, token = self.chunk_size, held.cnt, conn.peer_token
-        view, parts = memoryview(held.frame), []
-        for i in range(cnt):
-            if missing >> i & 1:
-                parts.append(_CHUNK.pack(CHUNK, token, fid, i, cnt))
-                parts.append(view[i * size:(i + 1) * size])
-        if parts:
-            data = b"".join(parts)
-            self._batches.append((conn.addr, data, size + CHUNK_HEADER))
+        lost = [i for i in range(held.cnt) if missing >> i & 1]
+        if lost:
+            data = self._chunks(conn, fid, held.frame, held.cnt, lost)
+            self._batches.append((conn.addr, data, self.chunk_size + CHUNK_HEADER))
             conn.bytes_out += len(data)
-            self.counters["chunks_repaired"] += len(parts) // 2
+            self.counters["chunks_repaired"] += len(lost)
 
     def _on_reset(self, conn: _Conn, data: bytes) -> None:
         graceful = data[5] & RESET_GRACEFUL
