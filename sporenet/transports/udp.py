@@ -224,7 +224,7 @@ class UdpCarrier:
         # Sent here, on the caller's (the data path's) thread, not handed to the I/O
         # thread: one wake-up less per packet each way (docs/decisions.md). A datagram
         # socket has no framing two writers could interleave.
-        self._send_now(where, *batch)
+        self._send_chunks(where, *batch)
         return True
 
     def send_datagram(self, conn_id: int, frame: bytes) -> bool:
@@ -412,7 +412,7 @@ class UdpCarrier:
                 events.extend((where, e) for e in ep.events())
         self._send_all(out)
         for where, addr, data, stride in batches:
-            self._send_batch(where, addr, data, stride)
+            self._send_chunks(where, addr, data, stride)
         for where, event in events:
             self._deliver(where, event, now)
         if self._stopping:
@@ -438,10 +438,11 @@ class UdpCarrier:
                 self._send_one(where, addr, out[k][2])
             i = j
 
-    def _send_now(self, where: _Socket, addr: Hashable, data: bytes, stride: int) -> None:
-        """A chunked frame from a caller's thread. Only errors are counted (under the
-        lock: the I/O thread's counters are its own); ICMP errors wait on the socket's
-        error queue for the I/O thread, which the socket wakes."""
+    def _send_chunks(self, where: _Socket, addr: Hashable, data: bytes, stride: int) -> None:
+        """A chunked frame or its repair, from any thread (the data path's, or the I/O
+        thread's for repairs): one ``UDP_SEGMENT`` send, or datagram by datagram. Only
+        errors are counted (under the lock: the I/O thread's counters are its own); ICMP
+        errors wait on the socket's error queue for the I/O thread, which the socket wakes."""
         try:
             if len(data) > stride and where.gso:
                 where.sock.sendmsg([data], [(_SOL_UDP, _UDP_SEGMENT, stride.to_bytes(2, "little"))],
@@ -459,22 +460,14 @@ class UdpCarrier:
             if where.gso and len(data) > stride:
                 where.gso = False  # no segmentation offload here: one by one from now on
                 self._log.info("udp_gso_off", error=str(exc))
-                self._send_now(where, addr, data, stride)
+                self._send_chunks(where, addr, data, stride)
                 return
             with self._lock:
                 self._totals_io["send_failed"] += 1
 
-    def _send_batch(self, where: _Socket, addr: Hashable, data: bytes, stride: int) -> None:
-        """One chunked frame: one ``UDP_SEGMENT`` send, or datagram by datagram."""
-        if len(data) > stride and where.gso and self._send_segmented(where, addr, [data], stride):
-            return
-        view = memoryview(data)
-        for i in range(0, len(data), stride):
-            self._send_one(where, addr, view[i:i + stride])
-
     def _send_segmented(self, where: _Socket, addr: Hashable, parts: list[bytes], size: int) -> bool:
         try:
-            where.sock.sendmsg([parts[0] if len(parts) == 1 else b"".join(parts)],
+            where.sock.sendmsg([b"".join(parts)],
                                [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
             self._io["gso_sends"] += 1
             return True
